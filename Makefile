@@ -1,0 +1,39 @@
+# Two commands do all the set-up: `make demo` and `make test`. Both are idempotent.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+# torch is pinned and installed first: an unpinned torch pulls several GB of CUDA packages.
+TORCH_PIN := torch==2.13.0
+
+.PHONY: install demo test lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PIN)
+	$(PIP) install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m dql.demo
+
+test: install
+	OMP_NUM_THREADS=1 $(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check dql baselines experiments tests
+	$(VENV)/bin/ruff format --check dql baselines experiments tests
+
+format: install
+	$(VENV)/bin/ruff format dql baselines experiments tests
+	$(VENV)/bin/ruff check --fix dql baselines experiments tests
+
+bench: install
+	$(PY) experiments/bench.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Baseline offline-RL algorithms, one file each, on the shared `dql` core."""

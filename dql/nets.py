@@ -1,0 +1,145 @@
+"""Shared network pieces: MLPs, ensembles evaluated as one batched matmul, Polyak/EMA updates.
+
+`CriticEnsemble` holds N Q-functions as stacked weights (N, in, out) and evaluates all of them
+with `torch.baddbmm`, not a Python loop over networks. Each member is initialised like an
+independent `nn.Linear` stack, so an ensemble of 2 is the usual twin critic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "mish": nn.Mish,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+}
+
+
+def activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def mlp(
+    in_dim: int,
+    out_dim: int,
+    hidden: Sequence[int] = (256, 256),
+    act: str = "relu",
+    out_act: nn.Module | None = None,
+) -> nn.Sequential:
+    """A plain MLP: Linear -> act for each hidden width, then Linear(out_dim) [-> out_act]."""
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_dim, width), activation(act)]
+        in_dim = width
+    layers.append(nn.Linear(in_dim, out_dim))
+    if out_act is not None:
+        layers.append(out_act)
+    return nn.Sequential(*layers)
+
+
+class EnsembleLinear(nn.Module):
+    """N independent linear layers applied as one batched matmul: (N, B, in) -> (N, B, out)."""
+
+    def __init__(self, in_dim: int, out_dim: int, ensemble_size: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(ensemble_size, in_dim, out_dim))
+        self.bias = nn.Parameter(torch.empty(ensemble_size, 1, out_dim))
+        # Same distribution as nn.Linear's default init, drawn independently per member.
+        bound = 1.0 / math.sqrt(in_dim)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class EnsembleMLP(nn.Module):
+    """N MLPs with identical shapes evaluated together. Input (B, in) is shared by all members;
+    input (N, B, in) gives each member its own rows. Output (N, B, out)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        ensemble_size: int,
+        hidden: Sequence[int] = (256, 256),
+        act: str = "relu",
+    ) -> None:
+        super().__init__()
+        self.ensemble_size = ensemble_size
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers += [EnsembleLinear(in_dim, width, ensemble_size), activation(act)]
+            in_dim = width
+        layers.append(EnsembleLinear(in_dim, out_dim, ensemble_size))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.ensemble_size, -1, -1)
+        return self.net(x)
+
+
+class CriticEnsemble(nn.Module):
+    """N Q-functions Q_k(s, a) on concat(s, a). forward -> (N, B)."""
+
+    def __init__(
+        self,
+        observation_dim: int,
+        action_dim: int,
+        num_critics: int = 2,
+        hidden: Sequence[int] = (256, 256),
+        act: str = "relu",
+    ) -> None:
+        super().__init__()
+        self.num_critics = num_critics
+        self.net = EnsembleMLP(observation_dim + action_dim, 1, num_critics, hidden, act)
+
+    def forward(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([observations, actions], dim=-1)).squeeze(-1)
+
+    def min(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Pessimistic value min_k Q_k(s, a): (B,)."""
+        return self(observations, actions).min(dim=0).values
+
+    def mean(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self(observations, actions).mean(dim=0)
+
+
+def _params(module: nn.Module | Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    return list(module.parameters()) if isinstance(module, nn.Module) else list(module)
+
+
+@torch.no_grad()
+def polyak_update(
+    target: nn.Module | Iterable[torch.Tensor],
+    source: nn.Module | Iterable[torch.Tensor],
+    tau: float,
+) -> None:
+    """target <- (1 - tau) target + tau source, in place with one foreach op."""
+    torch._foreach_lerp_(_params(target), _params(source), tau)
+
+
+@torch.no_grad()
+def hard_update(
+    target: nn.Module | Iterable[torch.Tensor], source: nn.Module | Iterable[torch.Tensor]
+) -> None:
+    torch._foreach_copy_(_params(target), _params(source))
+
+
+def make_optimizer(params: Iterable[torch.Tensor], lr: float, **kwargs: float) -> torch.optim.Adam:
+    """Adam with the foreach (multi-tensor) implementation; fused on CUDA."""
+    params = list(params)
+    on_cuda = bool(params) and params[0].is_cuda
+    if on_cuda:
+        return torch.optim.Adam(params, lr=lr, fused=True, **kwargs)
+    return torch.optim.Adam(params, lr=lr, foreach=True, **kwargs)

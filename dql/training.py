@@ -1,0 +1,499 @@
+"""The training loop every algorithm shares: data, buffer, run directory, logging, evaluation,
+checkpoints, resume, divergence and interrupt handling. An algorithm supplies only its config
+(a subclass of `TrainConfig`) and an agent class:
+
+    class MyAgent:
+        def __init__(self, observation_dim, action_dim, max_action, config): ...
+        def update(self, batch) -> dict[str, torch.Tensor]: ...   # no host sync inside
+        def act(self, observations: np.ndarray) -> np.ndarray: ...   # batched
+        def state_dict(self) -> dict; def load_state_dict(self, state) -> None
+        # optional: setup(buffer), sample_batch(buffer, batch_size), selection_metric: str
+
+and `train(config) = run_training(config, MyAgent)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import dql
+from dql.buffer import Batch, ReplayBuffer
+from dql.data import (
+    ObservationNormalizer,
+    load_dataset,
+    resolve_ref_scores,
+    task_name,
+    transform_rewards,
+)
+from dql.errors import ConfigError, DivergenceError, UserError
+from dql.evaluation import EvalResult, evaluate, make_env
+from dql.runs import (
+    RunDirectory,
+    atomic_torch_save,
+    atomic_write_json,
+    git_commit,
+    read_json,
+    safe_torch_load,
+)
+
+# Config keys that may differ between a run and its resumption.
+RESUMABLE_KEYS = {"resume", "progress", "device", "num_threads"}
+
+
+@dataclass
+class TrainConfig:
+    """Flags shared by every algorithm."""
+
+    dataset: str = "local/hopper/medium-v0"
+    """Minari dataset id (local store, $MINARI_DATASETS_PATH), Minari dataset directory, or D4RL .hdf5 file."""
+    seed: int = 0
+    """Seed of network init, batch sampling and the algorithm's noise."""
+    steps: int = 1_000_000
+    """Gradient steps to train for."""
+    batch_size: int = 256
+    """Transitions per gradient step."""
+    eval_interval: int = 50_000
+    """Evaluate every this many steps (and at the last step)."""
+    eval_episodes: int = 10
+    """Episodes per evaluation, run in parallel."""
+    eval_seed: int = 10_000
+    """Reset seed of the first evaluation episode (the same at every evaluation)."""
+    log_interval: int = 1000
+    """Log training metrics every this many steps (the only host syncs of the loop)."""
+    checkpoint_interval: int = 10_000
+    """Save a resumable checkpoint every this many steps."""
+    device: str = "auto"
+    """cpu, cuda, cuda:N, or auto (cuda when available)."""
+    out_dir: str = "runs"
+    """Runs go to OUT_DIR/ALGORITHM/TASK/seed_SEED unless --run-dir is given."""
+    run_dir: str | None = None
+    """Exact run directory (overrides --out-dir)."""
+    resume: bool = False
+    """Continue the run in the run directory from its last checkpoint."""
+    download: bool = False
+    """Download a missing Minari dataset (needs internet)."""
+    env_id: str | None = None
+    """Evaluation env id, when the dataset does not name one (D4RL .hdf5 files)."""
+    ref_min_score: float | None = None
+    """Random-policy return for normalized scores (default: dataset metadata or D4RL table)."""
+    ref_max_score: float | None = None
+    """Expert return for normalized scores (default: dataset metadata or D4RL table)."""
+    normalize_observations: bool = True
+    """Standardise observations with the dataset's mean and std (also at evaluation)."""
+    reward_transform: str = "none"
+    """none, zscore, locomotion (1000/(max_ret-min_ret)), cql_antmaze ((r-0.5)*4), antmaze (r-1)."""
+    max_episode_steps: int | None = None
+    """Override the evaluation env's time limit."""
+    early_stop_patience: int = 0
+    """Offline model selection: stop after this many evaluation blocks in a row whose selection loss rose (0: off)."""
+    keep_eval_checkpoints: bool = True
+    """Save the agent's weights at every evaluation (for offline model selection)."""
+    num_threads: int = 0
+    """torch CPU threads (0: torch's default)."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def validate(self) -> None:
+        """Refuse nonsensical numbers before any work starts. Subclasses extend this."""
+        positive = ["steps", "batch_size", "eval_interval", "eval_episodes", "log_interval"]
+        positive.append("checkpoint_interval")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be a positive integer, got {value}"
+                )
+        if self.early_stop_patience < 0:
+            raise ConfigError(f"--early-stop-patience must be >= 0, got {self.early_stop_patience}")
+
+
+class Agent(Protocol):
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]: ...
+    def act(self, observations: np.ndarray) -> np.ndarray: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+AgentFactory = Callable[[int, int, float, Any], Agent]
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C or SIGTERM: a checkpoint was saved and the run can be resumed."""
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ConfigError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def default_run_dir(config: TrainConfig, algorithm: str) -> Path:
+    if config.run_dir:
+        return Path(config.run_dir)
+    return Path(config.out_dir) / algorithm / task_name(config.dataset) / f"seed_{config.seed}"
+
+
+def config_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def _check_resume_config(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    changed = sorted(
+        k
+        for k in set(saved) | set(current)
+        if k not in RESUMABLE_KEYS and saved.get(k) != current.get(k)
+    )
+    if changed:
+        detail = ", ".join(
+            f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in changed
+        )
+        raise ConfigError(f"cannot resume: config differs from the saved run ({detail})")
+
+
+def _max_action(low: np.ndarray, high: np.ndarray) -> float:
+    if not np.allclose(low, -high) or not np.allclose(high, high.flat[0]):
+        raise UserError(
+            f"action bounds must be symmetric and equal in every dimension, got low={low.tolist()} "
+            f"high={high.tolist()}; rescale the actions to [-1, 1]"
+        )
+    return float(high.flat[0])
+
+
+class _SignalAsInterrupt:
+    """Treat SIGTERM (job preemption) like Ctrl-C while training."""
+
+    def __enter__(self) -> None:
+        self.previous = None
+        if hasattr(signal, "SIGTERM") and _in_main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -> dict[str, Any]:
+    """Train `agent_cls` as configured; return the contents of result.json."""
+    config.validate()
+    device = resolve_device(config.device)
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    run = RunDirectory(default_run_dir(config, algorithm))
+    current = config_dict(config)
+    if (run.path / "config.json").exists():
+        saved_config = read_json(run.path / "config.json")["config"]
+        if not config.resume:
+            raise UserError(
+                f"run directory {run.path} already holds a run; pass --resume to continue it "
+                "or choose another --out-dir/--run-dir"
+            )
+        _check_resume_config(saved_config, current)
+        if run.is_complete():
+            return run.result()
+    run.ensure_writable()
+
+    seed_everything(config.seed)
+    data = load_dataset(config.dataset, download=config.download, env_id=config.env_id)
+    info = data.info
+    ref_scores = resolve_ref_scores(info, config.ref_min_score, config.ref_max_score)
+    make_env(info, config.env_id).close()  # fail now, not after hours, if the env is wrong
+    normalizer = (
+        ObservationNormalizer.from_data(data.observations)
+        if config.normalize_observations
+        else ObservationNormalizer.identity(info.observation_dim)
+    )
+    rewards = transform_rewards(data, config.reward_transform)
+    buffer = ReplayBuffer(
+        data, device=device, seed=config.seed, normalizer=normalizer, rewards=rewards
+    )
+    del data
+    max_action = _max_action(info.action_low, info.action_high)
+    agent_config = dataclasses.replace(config, device=device)
+    agent = agent_cls(info.observation_dim, info.action_dim, max_action, agent_config)
+    if hasattr(agent, "setup"):
+        agent.setup(buffer)
+    sample = getattr(agent, "sample_batch", None) or (lambda buf, n: buf.sample(n))
+    selection_metric: str | None = getattr(agent, "selection_metric", None)
+
+    state = {"step": 0, "best_score": -math.inf, "best_step": None, "wall_time": 0.0}
+    accum: dict[str, torch.Tensor] = {}
+    accum_count = 0
+    block: dict[str, list[float]] = {}
+    rising = 0
+    if config.resume and run.checkpoint_path.exists():
+        ckpt = safe_torch_load(run.checkpoint_path, map_location=device)
+        agent.load_state_dict(ckpt["agent"])
+        buffer.load_state_dict(ckpt["buffer"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        np.random.set_state(_numpy_state(ckpt["numpy_rng"]))
+        if device.startswith("cuda") and "cuda_rng" in ckpt:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"])
+        state = ckpt["loop"]
+        accum = dict(ckpt["accum"])
+        accum_count = ckpt["accum_count"]
+        block = {k: list(v) for k, v in ckpt["block"].items()}
+        rising = ckpt["rising"]
+        run.truncate_rows("metrics", state["step"])
+        run.truncate_rows("eval", state["step"])
+    else:
+        for name in ("metrics", "eval"):
+            (run.path / f"{name}.jsonl").unlink(missing_ok=True)
+    atomic_write_json(
+        run.path / "config.json",
+        {
+            "algorithm": algorithm,
+            "config": current,
+            "seed": config.seed,
+            "package_version": dql.__version__,
+            "torch_version": torch.__version__,
+            "git_commit": git_commit(),
+            "dataset": info.to_dict(),
+            "ref_scores": list(ref_scores),
+            "normalizer": normalizer.state_dict(),
+            "device": device,
+        },
+    )
+    run.set_status("running", step=state["step"])
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run.path / "tb"), purge_step=state["step"] or None)
+
+    def save_checkpoint(step: int) -> None:
+        atomic_torch_save(
+            {
+                "agent": agent.state_dict(),
+                "buffer": buffer.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "numpy_rng": _numpy_state_to_tensors(np.random.get_state()),
+                **({"cuda_rng": torch.cuda.get_rng_state()} if device.startswith("cuda") else {}),
+                "loop": {**state, "step": step},
+                "accum": accum,
+                "accum_count": accum_count,
+                "block": block,
+                "rising": rising,
+            },
+            run.checkpoint_path,
+        )
+
+    def check_finite(values: dict[str, float], step: int) -> None:
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            raise DivergenceError(f"non-finite {', '.join(bad)} at step {step}")
+
+    def evaluate_agent(step: int) -> EvalResult:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.eval_seed)
+            return evaluate(
+                agent.act,
+                info,
+                num_episodes=config.eval_episodes,
+                seed=config.eval_seed,
+                normalizer=normalizer,
+                ref_scores=ref_scores,
+                env_id=config.env_id,
+                max_episode_steps=config.max_episode_steps,
+                progress=config.progress,
+            )
+
+    step = state["step"]
+    started = time.perf_counter() - state["wall_time"]
+    bar = tqdm(
+        total=config.steps,
+        initial=step,
+        desc=f"{algorithm} {task_name(config.dataset)} seed {config.seed}",
+        unit="step",
+        disable=None if config.progress else True,
+        dynamic_ncols=True,
+    )
+    try:
+        with _SignalAsInterrupt():
+            while step < config.steps:
+                metrics = agent.update(sample(buffer, config.batch_size))
+                step += 1
+                for k, v in metrics.items():
+                    v = v.detach().float()
+                    accum[k] = accum[k] + v if k in accum else v
+                accum_count += 1
+                if step % config.log_interval == 0 or step == config.steps:
+                    names = list(accum)
+                    values = dict(
+                        zip(names, (torch.stack([accum[k] for k in names]) / accum_count).tolist())
+                    )
+                    accum, accum_count = {}, 0
+                    check_finite(values, step)
+                    for k, v in values.items():
+                        writer.add_scalar(f"train/{k}", v, step)
+                        block.setdefault(k, []).append(v)
+                    run.append_row("metrics", {"step": step, **values})
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in list(values.items())[:3]})
+                if step % config.eval_interval == 0 or step == config.steps:
+                    result = evaluate_agent(step)
+                    score = float(result.normalized_score)
+                    selection = (
+                        float(np.mean(block[selection_metric]))
+                        if selection_metric and block.get(selection_metric)
+                        else None
+                    )
+                    previous = [r for r in run.rows("eval") if r.get("selection_loss") is not None]
+                    if selection is not None and previous:
+                        rising = rising + 1 if selection > previous[-1]["selection_loss"] else 0
+                    block = {}
+                    state["wall_time"] = time.perf_counter() - started
+                    row = {
+                        "step": step,
+                        "normalized_score": score,
+                        "return": result.mean_return,
+                        "selection_loss": selection,
+                        "wall_time": state["wall_time"],
+                        "episodes": result.episodes(),
+                    }
+                    run.append_row("eval", row)
+                    writer.add_scalar("eval/normalized_score", score, step)
+                    writer.add_scalar("eval/return", result.mean_return, step)
+                    if config.keep_eval_checkpoints:
+                        atomic_torch_save(
+                            agent.state_dict(), run.path / f"checkpoints/eval_{step}.pt"
+                        )
+                    if score > state["best_score"]:
+                        state["best_score"], state["best_step"] = score, step
+                    bar.write(
+                        f"step {step}: normalized score {score:.1f} (return {result.mean_return:.1f})"
+                    )
+                    if config.early_stop_patience and rising >= config.early_stop_patience:
+                        bar.write(
+                            f"early stop at step {step}: {selection_metric} rose {rising} blocks in a row"
+                        )
+                        break
+                if step % config.checkpoint_interval == 0 or step == config.steps:
+                    if accum:
+                        pending = torch.stack(list(accum.values())).tolist()
+                        check_finite(dict(zip(accum, pending)), step)
+                    state["wall_time"] = time.perf_counter() - started
+                    save_checkpoint(step)
+                bar.update(1)
+    except KeyboardInterrupt:
+        bar.close()
+        state["wall_time"] = time.perf_counter() - started
+        save_checkpoint(step)
+        run.set_status("interrupted", step=step)
+        writer.close()
+        raise TrainingInterrupted(
+            f"interrupted at step {step}; checkpoint saved in {run.checkpoint_path}; "
+            "continue with --resume"
+        ) from None
+    except DivergenceError as exc:
+        bar.close()
+        run.set_status("failed", step=step, error=f"diverged: {exc}")
+        writer.close()
+        raise DivergenceError(
+            f"{exc}; the run is marked failed, the last good checkpoint is {run.checkpoint_path}"
+        ) from None
+    except BaseException as exc:
+        bar.close()
+        run.set_status("failed", step=step, error=f"{type(exc).__name__}: {exc}")
+        writer.close()
+        raise
+    bar.close()
+    writer.close()
+    run.write_csv("metrics")
+    run.write_csv("eval")
+    result = summarize(run, algorithm, config)
+    atomic_write_json(run.path / "result.json", result)
+    run.set_status("complete", step=step)
+    return result
+
+
+def summarize(run: RunDirectory, algorithm: str, config: TrainConfig) -> dict[str, Any]:
+    """Final, best (online) and offline-selected scores of a run, from its eval rows."""
+    evals = run.rows("eval")
+    final, best = evals[-1], max(evals, key=lambda r: r["normalized_score"])
+    with_loss = [r for r in evals if r.get("selection_loss") is not None]
+    selected = min(with_loss, key=lambda r: r["selection_loss"]) if with_loss else None
+    return {
+        "algorithm": algorithm,
+        "dataset": config.dataset,
+        "seed": config.seed,
+        "steps": final["step"],
+        "final_score": final["normalized_score"],
+        "final_return": final["return"],
+        "best_score": best["normalized_score"],
+        "best_step": best["step"],
+        "selected_step": selected["step"] if selected else None,
+        "selected_score": selected["normalized_score"] if selected else None,
+        "wall_time": final["wall_time"],
+        "eval_episodes": config.eval_episodes,
+    }
+
+
+def _numpy_state_to_tensors(state: tuple) -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = state
+    return {
+        "keys": torch.as_tensor(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
+
+
+def _numpy_state(saved: dict[str, Any]) -> tuple:
+    keys = saved["keys"].cpu().numpy().astype(np.uint32)
+    return ("MT19937", keys, saved["pos"], saved["has_gauss"], saved["cached"])
+
+
+def exit_code_for(exc: BaseException) -> int:
+    if isinstance(exc, TrainingInterrupted):
+        return 130
+    if isinstance(exc, DivergenceError):
+        return 3
+    return 2
+
+
+def stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+__all__ = [
+    "TrainConfig",
+    "Agent",
+    "run_training",
+    "TrainingInterrupted",
+    "resolve_device",
+    "seed_everything",
+    "default_run_dir",
+    "exit_code_for",
+    "stderr",
+]
