@@ -70,6 +70,8 @@ class ReplayBuffer:
 
     def window_starts(self, horizon: int) -> torch.Tensor:
         """Start indices of all windows of `horizon` steps lying inside one episode."""
+        if horizon < 1:
+            raise ConfigError(f"window horizon must be >= 1, got {horizon}")
         if horizon not in self._window_starts:
             lengths = self.episode_ends - self.episode_starts
             starts = [
@@ -106,4 +108,5 @@ class ReplayBuffer:
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.generator.set_state(state["generator"])
+        # generator states are CPU byte tensors, even for CUDA generators (map_location moves them)
+        self.generator.set_state(state["generator"].cpu())

@@ -5,6 +5,9 @@ defaults from experiments/hyperparams) and the `dql` umbrella command.
     dql data build ENV-QUALITY      build a D4RL-style dataset locally (Minari format)
     dql sweep FILE                  run a sweep of algorithms x datasets x seeds
     dql table RUNS_DIR              tables of normalized scores from finished runs
+    dql panel RUN_DIR [RUN_DIR ...] scores under observation/action noise, delay, dropped frames
+    dql export RUN_DIR [--out F]    the policy as a self-contained TorchScript file
+    dql replay RUN_DIR              re-run an evaluation's recorded episodes; failures by end reason
     dql list                        algorithms and local datasets
 """
 
@@ -36,7 +39,10 @@ def parse_config(config_cls: type[C], algorithm: str, argv: Sequence[str] | None
     if known.hyperparams:  # consumed here; not a config field
         argv = _drop_flag(argv, "--hyperparams")
     default = config_cls(**{**defaults, "dataset": dataset})
-    return tyro.cli(config_cls, default=default, args=argv, description=config_cls.__doc__)
+    prog = f"dql-{algorithm.replace('_', '-')}"  # the console script, whatever ran us
+    return tyro.cli(
+        config_cls, prog=prog, default=default, args=argv, description=config_cls.__doc__
+    )
 
 
 def _drop_flag(argv: list[str], flag: str) -> list[str]:
@@ -62,11 +68,17 @@ def run_cli(
     from dql.training import TrainingInterrupted, exit_code_for
 
     try:
-        config = parse_config(config_cls, algorithm, argv)
+        try:
+            config = parse_config(config_cls, algorithm, argv)
+        except SystemExit as exc:  # tyro already printed the usage error (or --help)
+            return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
         result = train(config)
     except TrainingInterrupted as exc:
         print(str(exc), file=sys.stderr)
         return exit_code_for(exc)
+    except KeyboardInterrupt:  # outside the training steps (loading data, writing results)
+        print("interrupted; --resume continues from the last checkpoint, if any", file=sys.stderr)
+        return 130
     except (UserError, DivergenceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exit_code_for(exc)
@@ -79,7 +91,7 @@ def run_cli(
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = "train, data, sweep, table, list"
+    commands = "train, data, sweep, table, panel, export, replay, list"
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
@@ -103,6 +115,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             from dql.tables import main as table_main
 
             return int(table_main(rest) or 0)
+        if command == "panel":
+            from dql.perturb import main as panel_main
+
+            return int(panel_main(rest) or 0)
+        if command == "export":
+            from dql.export import main as export_main
+
+            return int(export_main(rest) or 0)
+        if command == "replay":
+            from dql.traces import main as replay_main
+
+            return int(replay_main(rest) or 0)
         if command == "list":
             from dql.registry import ALGORITHMS
 

@@ -80,6 +80,16 @@ class DatasetInfo:
         out["observation_keys"] = list(self.observation_keys) if self.observation_keys else None
         return out
 
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> DatasetInfo:
+        """Inverse of `to_dict` (a run's config.json "dataset"); unknown keys are ignored."""
+        fields = {k: v for k, v in saved.items() if k in cls.__dataclass_fields__}
+        fields["action_low"] = np.asarray(saved["action_low"], np.float32)
+        fields["action_high"] = np.asarray(saved["action_high"], np.float32)
+        keys = saved.get("observation_keys")
+        fields["observation_keys"] = tuple(keys) if keys else None
+        return cls(**fields)
+
 
 @dataclass
 class Transitions:
@@ -269,6 +279,10 @@ def task_name(dataset_id: str) -> str:
     name = Path(dataset_id).name if dataset_id.endswith((".hdf5", ".h5")) else dataset_id
     name = re.sub(r"\.(hdf5|h5)$", "", name)
     parts = name.strip("/").split("/")
+    if dataset_id.startswith(("/", ".", "~")) and not dataset_id.endswith((".hdf5", ".h5")):
+        # a Minari dataset directory .../<namespace>/<name>/<dataset-vN>[/data]
+        parts = [p for p in parts if p not in ("", ".", "..", "~")]
+        parts = parts[-4:-1] if parts and parts[-1] == "data" else parts[-3:]
     if len(parts) >= 3:
         parts = parts[1:]  # drop the namespace (mujoco, D4RL, local)
     name = "-".join(parts)
@@ -430,17 +444,18 @@ def _load_hdf5(path: Path, env_id: str | None) -> Transitions:
     except OSError as exc:
         raise DatasetError(f"{path}: corrupt or unreadable HDF5 file: {exc}") from None
 
-    obs = data["observations"].astype(np.float32).reshape(len(data["observations"]), -1)
-    actions = data["actions"].astype(np.float32).reshape(len(data["actions"]), -1)
+    lengths = {k: len(v) if v.ndim else 0 for k, v in data.items()}
+    n = lengths["rewards"]
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{k} {v}" for k, v in lengths.items())
+        raise DatasetError(f"{path}: arrays differ in length ({detail})")
+    if n < 2:  # qlearning_dataset needs a following row for the next observation
+        raise DatasetError(f"{path}: the HDF5 file holds {n} step(s); too few to train on")
+    obs = data["observations"].astype(np.float32).reshape(n, -1)
+    actions = data["actions"].astype(np.float32).reshape(n, -1)
     rewards = data["rewards"].astype(np.float32).reshape(-1)
     terminals = data["terminals"].astype(np.float32).reshape(-1)
     timeouts = data["timeouts"].astype(np.float32).reshape(-1)
-    n = len(rewards)
-    if not (len(obs) == len(actions) == n == len(terminals) == len(timeouts)):
-        raise DatasetError(
-            f"{path}: arrays differ in length (observations {len(obs)}, actions {len(actions)}, "
-            f"rewards {n}, terminals {len(terminals)}, timeouts {len(timeouts)})"
-        )
     # Episode i ends at a terminal or timeout step; ids count episodes in file order.
     ends = np.maximum(terminals, timeouts) > 0
     episode_ids = np.concatenate([[0], np.cumsum(ends[:-1])]).astype(np.int64)
@@ -452,6 +467,8 @@ def _load_hdf5(path: Path, env_id: str | None) -> Transitions:
         next_obs = np.concatenate([obs[1:], obs[-1:]])
         keep = timeouts == 0
         keep[-1] = False
+        if not keep.any():
+            raise DatasetError(f"{path}: no transitions left after dropping timeout steps")
     family = d4rl_family(path.name)
     if env_id is None and family in D4RL_ENV_IDS:
         env_id = D4RL_ENV_IDS[family]
@@ -493,7 +510,9 @@ def _assemble(
     keys: tuple[str, ...] | None = None,
 ) -> Transitions:
     digest = hashlib.blake2b(digest_size=16)
-    for array in (observations, actions, rewards, next_observations, terminals, timeouts):
+    arrays = (observations, actions, rewards, next_observations, terminals, timeouts, episode_ids)
+    for array in arrays:
+        digest.update(str(array.shape).encode())  # same bytes in another shape is other data
         digest.update(np.ascontiguousarray(array).tobytes())
     info = DatasetInfo(
         dataset_id=spec,

@@ -134,11 +134,14 @@ def evaluate(
     observation_hook: Callable[[np.ndarray], np.ndarray] | None = None,
     action_hook: Callable[[np.ndarray], np.ndarray] | None = None,
     progress: bool = True,
+    record_traces: bool = False,
 ) -> EvalResult:
     """Run `num_episodes` episodes at once, one batched `policy` call per step.
 
     `observation_hook` / `action_hook` transform what the policy sees / does (perturbation
     experiments); both see batches. Episode i is reset with seed `seed + i`.
+    `record_traces` keeps, per episode, the env's flat observations (T+1), the clipped actions
+    it received (T) and the rewards (T) in `extra["traces"]` (see dql.traces).
     """
     if num_episodes < 1:
         raise UserError(f"num_episodes must be >= 1, got {num_episodes}")
@@ -152,18 +155,30 @@ def evaluate(
     lengths = np.zeros(num_episodes, np.int64)
     finished = np.zeros(num_episodes, bool)
     reasons = [""] * num_episodes
+    traces: dict[str, list[list[np.ndarray]]] | None = (
+        {k: [[] for _ in range(num_episodes)] for k in ("observations", "actions", "rewards")}
+        if record_traces
+        else None
+    )
     try:
         obs, _ = envs.reset(seed=seeds)
         bar = tqdm(desc="eval", unit="step", leave=False, disable=None if progress else True)
         while not finished.all():
             flat = flatten_observation(obs)
+            seen = flat  # what the env produced, before any perturbation
             if observation_hook is not None:
                 flat = observation_hook(flat)
             actions = np.asarray(policy(normalize(flat)), np.float32)
             if action_hook is not None:
                 actions = action_hook(actions)
-            obs, rewards, terminated, truncated, infos = envs.step(np.clip(actions, low, high))
+            sent = np.clip(actions, low, high)
+            obs, rewards, terminated, truncated, infos = envs.step(sent)
             active = ~finished
+            if traces is not None:
+                for i in np.flatnonzero(active):
+                    traces["observations"][i].append(np.array(seen[i]))
+                    traces["actions"][i].append(np.array(sent[i]))
+                    traces["rewards"][i].append(np.float64(rewards[i]))
             returns[active] += rewards[active]
             lengths[active] += 1
             success = np.asarray(infos.get("success", np.zeros(num_episodes, bool)), bool)
@@ -174,9 +189,14 @@ def evaluate(
                     else ("terminated" if terminated[i] else "time_limit")
                 )
                 finished[i] = True
+                if traces is not None:  # the episode's last observation (autoreset comes next step)
+                    traces["observations"][i].append(np.array(flatten_observation(obs)[i]))
             bar.update(1)
         bar.close()
     finally:
         envs.close()
     scores = None if ref_scores is None else normalized_score(returns, *ref_scores)
-    return EvalResult(returns, lengths, reasons, seeds, scores)
+    result = EvalResult(returns, lengths, reasons, seeds, scores)
+    if traces is not None:
+        result.extra["traces"] = {k: [np.stack(ep) for ep in v] for k, v in traces.items()}
+    return result

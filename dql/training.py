@@ -15,7 +15,9 @@ and `train(config) = run_training(config, MyAgent)`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import random
 import signal
 import sys
@@ -32,6 +34,7 @@ from tqdm.auto import tqdm
 import dql
 from dql.buffer import Batch, ReplayBuffer
 from dql.data import (
+    REWARD_TRANSFORMS,
     ObservationNormalizer,
     load_dataset,
     resolve_ref_scores,
@@ -49,8 +52,15 @@ from dql.runs import (
     safe_torch_load,
 )
 
-# Config keys that may differ between a run and its resumption.
-RESUMABLE_KEYS = {"resume", "progress", "device", "num_threads"}
+# Config keys that may differ between a run and its resumption (where the run directory lives
+# included: a run copied or moved elsewhere resumes there).
+RESUMABLE_KEYS = {"resume", "progress", "device", "num_threads", "save_traces"}
+RESUMABLE_KEYS |= {"run_dir", "out_dir", "download"}
+# What a training checkpoint (checkpoints/last.pt) must hold to be resumed from.
+CHECKPOINT_KEYS = (
+    *("agent", "buffer", "torch_rng", "numpy_rng", "loop", "accum", "accum_count", "block"),
+    "rising",
+)
 
 
 @dataclass
@@ -105,6 +115,8 @@ class TrainConfig:
     """torch CPU threads (0: torch's default)."""
     progress: bool = True
     """Show progress bars."""
+    save_traces: bool = True
+    """Save each evaluation's episodes (observations, actions, rewards, end reasons) to traces.npz/json."""
 
     def validate(self) -> None:
         """Refuse nonsensical numbers before any work starts. Subclasses extend this."""
@@ -118,6 +130,18 @@ class TrainConfig:
                 )
         if self.early_stop_patience < 0:
             raise ConfigError(f"--early-stop-patience must be >= 0, got {self.early_stop_patience}")
+        for name in ("seed", "eval_seed"):  # Gymnasium refuses negative reset seeds
+            if getattr(self, name) < 0:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}"
+                )
+        if self.max_episode_steps is not None and self.max_episode_steps <= 0:
+            raise ConfigError(f"--max-episode-steps must be positive, got {self.max_episode_steps}")
+        if self.reward_transform not in REWARD_TRANSFORMS:
+            raise ConfigError(
+                f"--reward-transform {self.reward_transform!r} is unknown; choose one of "
+                f"{', '.join(REWARD_TRANSFORMS)}"
+            )
 
 
 class Agent(Protocol):
@@ -161,6 +185,7 @@ def config_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def _check_resume_config(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    current = json.loads(json.dumps(current, default=str))  # as saved: tuples read back as lists
     changed = sorted(
         k
         for k in set(saved) | set(current)
@@ -182,21 +207,40 @@ def _max_action(low: np.ndarray, high: np.ndarray) -> float:
     return float(high.flat[0])
 
 
-class _SignalAsInterrupt:
-    """Treat SIGTERM (job preemption) like Ctrl-C while training."""
+class _StopRequested(Exception):
+    """Raised by the loop between two steps once Ctrl-C or SIGTERM was received."""
 
-    def __enter__(self) -> None:
-        self.previous = None
-        if hasattr(signal, "SIGTERM") and _in_main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._raise)
 
-    @staticmethod
-    def _raise(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+class _GracefulStop:
+    """Ctrl-C or SIGTERM (job preemption) while training: the first one lets the current step
+    finish, so that the checkpoint then saved is a consistent state (an update cut in half would
+    be saved half-applied); a second one stops at once, keeping the last periodic checkpoint."""
+
+    def __enter__(self) -> _GracefulStop:
+        self.requested: str | None = None
+        self.previous: dict[int, Any] = {}
+        if _in_main_thread():
+            for name in ("SIGINT", "SIGTERM"):
+                signum = getattr(signal, name, None)
+                if signum is None or signal.getsignal(signum) == signal.SIG_IGN:
+                    continue  # an ignored signal stays ignored (nohup, background jobs)
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        # os.write, not print: the handler may interrupt a print (tqdm) and io is not reentrant
+        message = f"\n{self.requested}: stopping after this step to checkpoint (again: at once)\n"
+        try:
+            os.write(2, message.encode())
+        except OSError:
+            pass
 
     def __exit__(self, *exc: Any) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def _in_main_thread() -> bool:
@@ -213,8 +257,16 @@ def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -
         torch.set_num_threads(config.num_threads)
     run = RunDirectory(default_run_dir(config, algorithm))
     current = config_dict(config)
+    saved_run: dict[str, Any] | None = None
     if (run.path / "config.json").exists():
-        saved_config = read_json(run.path / "config.json")["config"]
+        try:
+            saved_run = read_json(run.path / "config.json")
+            saved_config = saved_run["config"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(
+                f"{run.path / 'config.json'} is not a run's config ({type(exc).__name__}: {exc}); "
+                "choose another --run-dir"
+            ) from None
         if not config.resume:
             raise UserError(
                 f"run directory {run.path} already holds a run; pass --resume to continue it "
@@ -228,6 +280,12 @@ def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -
     seed_everything(config.seed)
     data = load_dataset(config.dataset, download=config.download, env_id=config.env_id)
     info = data.info
+    saved_hash = (saved_run or {}).get("dataset", {}).get("content_hash")
+    if config.resume and saved_hash and saved_hash != info.content_hash:
+        raise ConfigError(
+            f"cannot resume: the dataset {config.dataset!r} changed since the run started "
+            f"(content hash {saved_hash} then, {info.content_hash} now)"
+        )
     ref_scores = resolve_ref_scores(info, config.ref_min_score, config.ref_max_score)
     make_env(info, config.env_id).close()  # fail now, not after hours, if the env is wrong
     normalizer = (
@@ -255,12 +313,20 @@ def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -
     rising = 0
     if config.resume and run.checkpoint_path.exists():
         ckpt = safe_torch_load(run.checkpoint_path, map_location=device)
+        missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+        if missing:
+            raise UserError(
+                f"{run.checkpoint_path} is not a training checkpoint (no {', '.join(missing)}); "
+                "remove it to start the run over"
+            )
         agent.load_state_dict(ckpt["agent"])
         buffer.load_state_dict(ckpt["buffer"])
-        torch.set_rng_state(ckpt["torch_rng"])
+        torch.set_rng_state(ckpt["torch_rng"].cpu())
         np.random.set_state(_numpy_state(ckpt["numpy_rng"]))
+        if "python_rng" in ckpt:
+            random.setstate(_python_state(ckpt["python_rng"]))
         if device.startswith("cuda") and "cuda_rng" in ckpt:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"])
+            torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu())
         state = ckpt["loop"]
         accum = dict(ckpt["accum"])
         accum_count = ckpt["accum_count"]
@@ -299,6 +365,7 @@ def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -
                 "buffer": buffer.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "numpy_rng": _numpy_state_to_tensors(np.random.get_state()),
+                "python_rng": _python_state_to_tensors(random.getstate()),
                 **({"cuda_rng": torch.cuda.get_rng_state()} if device.startswith("cuda") else {}),
                 "loop": {**state, "step": step},
                 "accum": accum,
@@ -314,6 +381,19 @@ def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -
         if bad:
             raise DivergenceError(f"non-finite {', '.join(bad)} at step {step}")
 
+    def check_health(step: int) -> None:
+        """Before an evaluation or a checkpoint: the metrics not yet logged and every tensor of the
+        agent are finite, so a NaN is never evaluated nor saved over the last good checkpoint."""
+        if accum:
+            pending = torch.stack(list(accum.values())).tolist()
+            check_finite(dict(zip(accum, pending)), step)
+        bad = _non_finite_tensors(agent.state_dict())
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise DivergenceError(
+                f"non-finite values in the agent's {', '.join(bad[:3])}{more} at step {step}"
+            )
+
     def evaluate_agent(step: int) -> EvalResult:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.eval_seed)
@@ -327,6 +407,7 @@ def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -
                 env_id=config.env_id,
                 max_episode_steps=config.max_episode_steps,
                 progress=config.progress,
+                record_traces=config.save_traces,
             )
 
     step = state["step"]
@@ -340,7 +421,7 @@ def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -
         dynamic_ncols=True,
     )
     try:
-        with _SignalAsInterrupt():
+        with _GracefulStop() as stop:
             while step < config.steps:
                 metrics = agent.update(sample(buffer, config.batch_size))
                 step += 1
@@ -361,6 +442,7 @@ def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -
                     run.append_row("metrics", {"step": step, **values})
                     bar.set_postfix({k: f"{v:.3g}" for k, v in list(values.items())[:3]})
                 if step % config.eval_interval == 0 or step == config.steps:
+                    check_health(step)
                     result = evaluate_agent(step)
                     score = float(result.normalized_score)
                     selection = (
@@ -382,6 +464,17 @@ def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -
                         "episodes": result.episodes(),
                     }
                     run.append_row("eval", row)
+                    if config.save_traces:  # overwritten each time: the last is the final one
+                        from dql.traces import save_traces
+
+                        save_traces(
+                            run.path,
+                            result,
+                            info=info,
+                            env_id=config.env_id,
+                            max_episode_steps=config.max_episode_steps,
+                            metadata={"algorithm": algorithm, "step": step, "config": current},
+                        )
                     writer.add_scalar("eval/normalized_score", score, step)
                     writer.add_scalar("eval/return", result.mean_return, step)
                     if config.keep_eval_checkpoints:
@@ -399,29 +492,43 @@ def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -
                         )
                         break
                 if step % config.checkpoint_interval == 0 or step == config.steps:
-                    if accum:
-                        pending = torch.stack(list(accum.values())).tolist()
-                        check_finite(dict(zip(accum, pending)), step)
+                    check_health(step)
                     state["wall_time"] = time.perf_counter() - started
                     save_checkpoint(step)
                 bar.update(1)
-    except KeyboardInterrupt:
+                if stop.requested:
+                    check_health(step)  # never save a diverged state over the last good one
+                    raise _StopRequested
+    except _StopRequested:  # between two steps: a consistent state, saved now
         bar.close()
         state["wall_time"] = time.perf_counter() - started
         save_checkpoint(step)
         run.set_status("interrupted", step=step)
         writer.close()
         raise TrainingInterrupted(
-            f"interrupted at step {step}; checkpoint saved in {run.checkpoint_path}; "
-            "continue with --resume"
+            f"{stop.requested} at step {step}: checkpoint saved in {run.checkpoint_path}; "
+            "run the same command with --resume to continue"
         ) from None
+    except KeyboardInterrupt:  # a second signal, maybe mid-update: keep the last checkpoint
+        bar.close()
+        run.set_status("interrupted", step=step)
+        writer.close()
+        how = (
+            f"--resume continues from the last checkpoint, {run.checkpoint_path}"
+            if run.checkpoint_path.exists()
+            else "no checkpoint was saved yet, so --resume starts over"
+        )
+        raise TrainingInterrupted(f"interrupted during step {step + 1}; {how}") from None
     except DivergenceError as exc:
         bar.close()
         run.set_status("failed", step=step, error=f"diverged: {exc}")
         writer.close()
-        raise DivergenceError(
-            f"{exc}; the run is marked failed, the last good checkpoint is {run.checkpoint_path}"
-        ) from None
+        kept = (
+            f"the last good checkpoint is {run.checkpoint_path}"
+            if run.checkpoint_path.exists()
+            else "no checkpoint was saved before it"
+        )
+        raise DivergenceError(f"{exc}; the run is marked failed, {kept}") from None
     except BaseException as exc:
         bar.close()
         run.set_status("failed", step=step, error=f"{type(exc).__name__}: {exc}")
@@ -433,6 +540,20 @@ def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -
     run.write_csv("eval")
     result = summarize(run, algorithm, config)
     atomic_write_json(run.path / "result.json", result)
+    from dql.latency import measure
+
+    def on_device(other: str) -> Agent:  # the trained agent rebuilt on another device
+        moved = agent_cls(
+            info.observation_dim,
+            info.action_dim,
+            max_action,
+            dataclasses.replace(agent_config, device=other),
+        )
+        moved.load_state_dict(agent.state_dict())
+        return moved
+
+    latency = measure(agent, info.observation_dim, rebuild=on_device)
+    atomic_write_json(run.path / "latency.json", latency)
     run.set_status("complete", step=step)
     return result
 
@@ -472,6 +593,39 @@ def _numpy_state_to_tensors(state: tuple) -> dict[str, Any]:
 def _numpy_state(saved: dict[str, Any]) -> tuple:
     keys = saved["keys"].cpu().numpy().astype(np.uint32)
     return ("MT19937", keys, saved["pos"], saved["has_gauss"], saved["cached"])
+
+
+def _python_state_to_tensors(state: tuple) -> dict[str, Any]:
+    version, internal, gauss = state
+    internal_tensor = torch.tensor(internal, dtype=torch.int64)
+    return {"version": version, "internal": internal_tensor, "gauss": gauss}
+
+
+def _python_state(saved: dict[str, Any]) -> tuple:
+    return (saved["version"], tuple(int(x) for x in saved["internal"].tolist()), saved["gauss"])
+
+
+def _non_finite_tensors(tree: Any, prefix: str = "") -> list[str]:
+    """Key paths of floating-point tensors in a (nested) state dict holding NaN or inf."""
+    found: list[tuple[str, torch.Tensor]] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, torch.Tensor):
+            if node.is_floating_point() and node.numel():
+                found.append((path, torch.isfinite(node).all()))
+        elif isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(node, (list, tuple)):
+            for i, v in enumerate(node):
+                walk(v, f"{path}.{i}" if path else str(i))
+
+    walk(tree, prefix)
+    if not found:
+        return []
+    device = found[0][1].device
+    finite = torch.stack([ok.to(device) for _, ok in found]).tolist()  # one sync for all
+    return [path for (path, _), ok in zip(found, finite) if not ok]
 
 
 def exit_code_for(exc: BaseException) -> int:

@@ -1,0 +1,93 @@
+"""Behaviour cloning: regress the dataset's actions on its (normalised) states.
+
+    MSE (default):   pi(s) = M tanh(f(s)),           L = E ||pi(s) - a||^2
+    --gaussian:      pi(.|s) = N(M tanh(f(s)), sigma^2),  L = -E log pi(a|s)   (act with the mean)
+
+M = max_action; sigma is a learned state-independent std per action dimension (clamped to
+[e^-5, e^2]). Adam 3e-4, batch 256, MLP 256-256 (CORL's BC). No deliberate deviation; the
+dataset is used whole (CORL's "%BC" top-fraction filter is not part of this baseline).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from dql.buffer import Batch
+from dql.cli import run_cli
+from dql.errors import ConfigError
+from dql.nets import make_optimizer
+from dql.policies_common import DeterministicActor, GaussianActor, observations_tensor
+from dql.training import TrainConfig, run_training
+
+ALGORITHM = "bc"
+
+
+@dataclass
+class Config(TrainConfig):
+    """Behaviour cloning by MSE or Gaussian likelihood."""
+
+    gaussian: bool = False
+    """Fit a Gaussian policy by maximum likelihood instead of a deterministic one by MSE."""
+    lr: float = 3e-4
+    """Adam learning rate."""
+    hidden: tuple[int, ...] = (256, 256)
+    """Hidden layer widths of the policy."""
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not self.hidden or min(self.hidden) < 1:
+            raise ConfigError(f"--hidden must be positive widths, got {self.hidden}")
+
+
+class BC:
+    def __init__(
+        self, observation_dim: int, action_dim: int, max_action: float, config: Config
+    ) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        actor_cls = GaussianActor if config.gaussian else DeterministicActor
+        self.actor = actor_cls(observation_dim, action_dim, max_action, config.hidden)
+        self.actor.to(self.device)
+        self.optimizer = make_optimizer(self.actor.parameters(), config.lr)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        if self.config.gaussian:
+            return -self.actor.log_prob(batch["observations"], batch["actions"]).mean()
+        return (self.actor(batch["observations"]) - batch["actions"]).square().mean()
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        loss = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"bc_loss": loss.detach()}
+
+    @torch.no_grad()
+    def act(self, observations: np.ndarray) -> np.ndarray:
+        return self.actor(observations_tensor(observations, self.device)).cpu().numpy()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"actor": self.actor.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def train(config: Config) -> dict[str, Any]:
+    return run_training(config, BC, ALGORITHM)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(Config, train, ALGORITHM, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""BCQ: "Off-Policy Deep Reinforcement Learning without Exploration" (Fujimoto, Meger & Precup, ICML 2019).
+
+A conditional VAE G(s) models the dataset's actions; a perturbation network xi(s, a) nudges its
+samples by at most phi * M; the policy takes the best of n perturbed samples under Q_1:
+
+    VAE:       L_G = E ||D(s, z) - a||^2 + 0.5 KL(N(mu(s, a), sigma(s, a)) || N(0, I)),  z ~ E(s, a)
+    critic:    a'_j = clip(G_j(s') + xi'(s', G_j(s')), -M, M),   j = 1..n   (n = 10)
+               y = r + gamma (1 - d) max_j [ lambda min_k Q'_k(s', a'_j) + (1 - lambda) max_k Q'_k(s', a'_j) ]
+               L_Q = sum_k E (Q_k(s, a) - y)^2
+    actor:     L_xi = -E Q_1(s, clip(G(s) + xi(s, G(s)), -M, M)),   xi = phi M tanh(f(s, a))
+    act:       argmax_j Q_1(s, a_j) over 100 perturbed samples
+
+Decoder samples use z ~ N(0, I) clipped to [-0.5, 0.5]. Sizes and rates of the authors' code:
+VAE 750-750 with latent 2 x action_dim, actor and critics 400-300, Adam 1e-3, phi 0.05,
+lambda 0.75, Polyak 0.005 for the target actor and critics. Deliberate deviation: none.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dql.buffer import Batch
+from dql.cli import run_cli
+from dql.errors import ConfigError
+from dql.nets import CriticEnsemble, make_optimizer, mlp, polyak_update
+from dql.policies_common import frozen_copy, observations_tensor
+from dql.training import TrainConfig, run_training
+
+ALGORITHM = "bcq"
+LATENT_CLIP = 0.5
+
+
+@dataclass
+class Config(TrainConfig):
+    """BCQ (Fujimoto et al. 2019)."""
+
+    phi: float = 0.05
+    """Largest perturbation of a generated action, as a fraction of max_action."""
+    lmbda: float = 0.75
+    """Soft clipped double Q: weight of the min over the two critics (1 - lmbda on the max)."""
+    num_sampled_actions: int = 10
+    """Generated actions per next state in the TD target."""
+    eval_sampled_actions: int = 100
+    """Generated actions per state when acting (the one with the highest Q_1 is taken)."""
+    discount: float = 0.99
+    """Discount factor gamma."""
+    tau: float = 0.005
+    """Polyak rate of the target actor and critics."""
+    lr: float = 1e-3
+    """Adam learning rate of the VAE, the perturbation network and the critics."""
+    vae_hidden: tuple[int, ...] = (750, 750)
+    """Hidden layer widths of the VAE's encoder and decoder."""
+    hidden: tuple[int, ...] = (400, 300)
+    """Hidden layer widths of the perturbation network and critics."""
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.phi <= 2:
+            raise ConfigError(f"--phi must be in [0, 2] (a fraction of max_action), got {self.phi}")
+        if not 0 <= self.lmbda <= 1:
+            raise ConfigError(f"--lmbda must be in [0, 1], got {self.lmbda}")
+        if self.num_sampled_actions < 1 or self.eval_sampled_actions < 1:
+            raise ConfigError("--num-sampled-actions and --eval-sampled-actions must be >= 1")
+        if not 0 <= self.discount <= 1:
+            raise ConfigError(f"--discount must be in [0, 1], got {self.discount}")
+        if not 0 < self.tau <= 1:
+            raise ConfigError(f"--tau must be in (0, 1], got {self.tau}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not self.hidden or not self.vae_hidden or min(self.hidden + self.vae_hidden) < 1:
+            raise ConfigError("--hidden and --vae-hidden must be positive widths")
+
+
+class VAE(nn.Module):
+    """Conditional VAE over actions: encoder E(s, a) -> (mu, log sigma), decoder D(s, z) -> a."""
+
+    def __init__(
+        self, observation_dim: int, action_dim: int, max_action: float, hidden: tuple[int, ...]
+    ) -> None:
+        super().__init__()
+        self.latent_dim = 2 * action_dim
+        self.encoder = mlp(observation_dim + action_dim, 2 * self.latent_dim, hidden)
+        self.decoder = mlp(observation_dim + self.latent_dim, action_dim, hidden)
+        self.max_action = max_action
+
+    def forward(
+        self, observations: torch.Tensor, actions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reconstructed actions, mu and log sigma of the posterior."""
+        mean, log_std = self.encoder(torch.cat([observations, actions], -1)).chunk(2, dim=-1)
+        log_std = log_std.clamp(-4.0, 15.0)
+        latent = mean + log_std.exp() * torch.randn_like(mean)
+        return self.decode(observations, latent), mean, log_std
+
+    def decode(
+        self, observations: torch.Tensor, latent: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """D(s, z); z from the clipped prior when not given."""
+        if latent is None:
+            latent = torch.randn(
+                *observations.shape[:-1], self.latent_dim, device=observations.device
+            )
+            latent = latent.clamp(-LATENT_CLIP, LATENT_CLIP)
+        return self.max_action * torch.tanh(self.decoder(torch.cat([observations, latent], -1)))
+
+
+class Perturbation(nn.Module):
+    """xi(s, a) = phi * M * tanh(f(s, a)); returns clip(a + xi, -M, M)."""
+
+    def __init__(
+        self,
+        observation_dim: int,
+        action_dim: int,
+        max_action: float,
+        phi: float,
+        hidden: tuple[int, ...],
+    ) -> None:
+        super().__init__()
+        self.net = mlp(observation_dim + action_dim, action_dim, hidden)
+        self.max_action = max_action
+        self.phi = phi
+
+    def forward(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        xi = (
+            self.phi
+            * self.max_action
+            * torch.tanh(self.net(torch.cat([observations, actions], -1)))
+        )
+        return (actions + xi).clamp(-self.max_action, self.max_action)
+
+
+class BCQ:
+    def __init__(
+        self, observation_dim: int, action_dim: int, max_action: float, config: Config
+    ) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        self.vae = VAE(observation_dim, action_dim, max_action, config.vae_hidden)
+        self.actor = Perturbation(
+            observation_dim, action_dim, max_action, config.phi, config.hidden
+        )
+        self.critic = CriticEnsemble(observation_dim, action_dim, 2, config.hidden)
+        for net in (self.vae, self.actor, self.critic):
+            net.to(self.device)
+        self.actor_target = frozen_copy(self.actor)
+        self.critic_target = frozen_copy(self.critic)
+        self.vae_optimizer = make_optimizer(self.vae.parameters(), config.lr)
+        self.actor_optimizer = make_optimizer(self.actor.parameters(), config.lr)
+        self.critic_optimizer = make_optimizer(self.critic.parameters(), config.lr)
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        c = self.config
+        observations, actions = batch["observations"], batch["actions"]
+        next_observations = batch["next_observations"]
+
+        # generative model of the behaviour policy
+        reconstruction, mean, log_std = self.vae(observations, actions)
+        kl = -0.5 * (1.0 + 2.0 * log_std - mean.square() - (2.0 * log_std).exp()).mean()
+        vae_loss = (reconstruction - actions).square().mean() + 0.5 * kl
+        self.vae_optimizer.zero_grad(set_to_none=True)
+        vae_loss.backward()
+        self.vae_optimizer.step()
+
+        # critics: soft clipped double Q, max over n perturbed generated actions at s'
+        with torch.no_grad():
+            n, batch_size = c.num_sampled_actions, len(next_observations)
+            repeated = next_observations.repeat(
+                n, 1
+            )  # (n B, obs_dim), sample j of state i at j B + i
+            next_actions = self.actor_target(repeated, self.vae.decode(repeated))
+            next_q = self.critic_target(repeated, next_actions)  # (2, n B)
+            next_q = c.lmbda * next_q.min(0).values + (1.0 - c.lmbda) * next_q.max(0).values
+            next_q = next_q.view(n, batch_size).max(0).values
+            target = batch["rewards"] + c.discount * (1.0 - batch["terminals"]) * next_q
+        q = self.critic(observations, actions)  # (2, B)
+        critic_loss = (q - target).square().mean(dim=1).sum()
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
+
+        # perturbation network: maximise Q_1 of perturbed generated actions
+        with torch.no_grad():
+            sampled = self.vae.decode(observations)
+        actor_loss = -self.critic(observations, self.actor(observations, sampled))[0].mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward(inputs=list(self.actor.parameters()))
+        self.actor_optimizer.step()
+
+        polyak_update(self.critic_target, self.critic, c.tau)
+        polyak_update(self.actor_target, self.actor, c.tau)
+        return {
+            "vae_loss": vae_loss.detach(),
+            "critic_loss": critic_loss.detach(),
+            "actor_loss": actor_loss.detach(),
+            "q_mean": q.detach().mean(),
+        }
+
+    @torch.no_grad()
+    def act(self, observations: np.ndarray) -> np.ndarray:
+        states = observations_tensor(observations, self.device)
+        n, batch_size = self.config.eval_sampled_actions, len(states)
+        repeated = states.repeat(n, 1)
+        candidates = self.actor(repeated, self.vae.decode(repeated))  # (n B, A)
+        best = self.critic(repeated, candidates)[0].view(n, batch_size).argmax(0)  # (B,)
+        chosen = candidates.view(n, batch_size, -1)[best, torch.arange(batch_size)]
+        return chosen.cpu().numpy()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "vae": self.vae.state_dict(),
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "actor_target": self.actor_target.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "vae_optimizer": self.vae_optimizer.state_dict(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in ("vae", "actor", "critic", "actor_target", "critic_target"):
+            getattr(self, name).load_state_dict(state[name])
+        for name in ("vae_optimizer", "actor_optimizer", "critic_optimizer"):
+            getattr(self, name).load_state_dict(state[name])
+
+
+def train(config: Config) -> dict[str, Any]:
+    return run_training(config, BCQ, ALGORITHM)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(Config, train, ALGORITHM, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

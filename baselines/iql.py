@@ -1,0 +1,187 @@
+"""IQL: "Offline Reinforcement Learning with Implicit Q-Learning" (Kostrikov, Nair & Levine, ICLR 2022).
+
+Never queries Q at actions outside the dataset. With u = min_k Q'_k(s, a) - V(s):
+
+    value:   L_V = E |tau - 1(u < 0)| u^2                         (expectile regression, tau)
+    critic:  L_Q = sum_k E (Q_k(s, a) - r - gamma (1 - d) V(s'))^2
+    actor:   L_pi = -E min(exp(beta u), 100) log pi(a|s)          (advantage-weighted regression)
+             or, with --deterministic-actor, E min(exp(beta u), 100) ||pi(s) - a||^2
+
+in that order each step (V with the target critics, Q with the freshly updated V at s', the
+actor with the advantages u of the V step), then Polyak 0.005 on the target critics. The actor
+is a Gaussian with a tanh-squashed mean and a state-independent std (the authors' choice for
+locomotion); its learning rate decays by a cosine over `steps`. Expectile 0.7 / beta 3 for
+locomotion, 0.9 / 10 for AntMaze (experiments/hyperparams/iql.toml, with the reward transforms:
+1000 / (max return - min return) for locomotion, r - 1 for AntMaze). Adam 3e-4 everywhere.
+Deliberate deviation: none (no dropout, which the authors use only for some Adroit/Kitchen runs).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from dql.buffer import Batch
+from dql.cli import run_cli
+from dql.errors import ConfigError
+from dql.nets import CriticEnsemble, make_optimizer, mlp, polyak_update
+from dql.policies_common import (
+    DeterministicActor,
+    GaussianActor,
+    frozen_copy,
+    observations_tensor,
+)
+from dql.training import TrainConfig, run_training
+
+ALGORITHM = "iql"
+MAX_ADVANTAGE_WEIGHT = 100.0
+
+
+@dataclass
+class Config(TrainConfig):
+    """IQL (Kostrikov et al. 2022)."""
+
+    expectile: float = 0.7
+    """Expectile tau of the value regression, in (0, 1); 0.5 is the mean, near 1 the max."""
+    beta: float = 3.0
+    """Inverse temperature of the advantage weights exp(beta * A)."""
+    discount: float = 0.99
+    """Discount factor gamma."""
+    tau: float = 0.005
+    """Polyak rate of the target critics."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor (decayed by a cosine over --steps)."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critics."""
+    value_lr: float = 3e-4
+    """Adam learning rate of the value network."""
+    deterministic_actor: bool = False
+    """Use a deterministic actor with weighted MSE instead of a Gaussian with weighted log-likelihood."""
+    hidden: tuple[int, ...] = (256, 256)
+    """Hidden layer widths of actor, critics and value network."""
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 < self.expectile < 1:
+            raise ConfigError(f"--expectile must be in (0, 1), got {self.expectile}")
+        if not self.beta >= 0:
+            raise ConfigError(f"--beta must be >= 0, got {self.beta}")
+        if not 0 <= self.discount <= 1:
+            raise ConfigError(f"--discount must be in [0, 1], got {self.discount}")
+        if not 0 < self.tau <= 1:
+            raise ConfigError(f"--tau must be in (0, 1], got {self.tau}")
+        if not (self.actor_lr > 0 and self.critic_lr > 0 and self.value_lr > 0):
+            raise ConfigError("--actor-lr, --critic-lr and --value-lr must be > 0")
+        if not self.hidden or min(self.hidden) < 1:
+            raise ConfigError(f"--hidden must be positive widths, got {self.hidden}")
+
+
+def expectile_loss(residual: torch.Tensor, expectile: float) -> torch.Tensor:
+    """E |tau - 1(u < 0)| u^2: weight tau where the target lies above V (u > 0), 1 - tau below."""
+    weight = torch.where(residual < 0, 1.0 - expectile, expectile)
+    return (weight * residual.square()).mean()
+
+
+class IQL:
+    def __init__(
+        self, observation_dim: int, action_dim: int, max_action: float, config: Config
+    ) -> None:
+        self.config = config
+        self.device = torch.device(config.device)
+        actor_cls = DeterministicActor if config.deterministic_actor else GaussianActor
+        self.actor = actor_cls(observation_dim, action_dim, max_action, config.hidden)
+        self.critic = CriticEnsemble(observation_dim, action_dim, 2, config.hidden)
+        self.value = mlp(observation_dim, 1, config.hidden)
+        for net in (self.actor, self.critic, self.value):
+            net.to(self.device)
+        self.critic_target = frozen_copy(self.critic)
+        self.actor_optimizer = make_optimizer(self.actor.parameters(), config.actor_lr)
+        self.critic_optimizer = make_optimizer(self.critic.parameters(), config.critic_lr)
+        self.value_optimizer = make_optimizer(self.value.parameters(), config.value_lr)
+        self.actor_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.actor_optimizer, T_max=config.steps
+        )
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        c = self.config
+        observations, actions = batch["observations"], batch["actions"]
+
+        # value: expectile regression of V(s) onto the target critics' min Q(s, a)
+        with torch.no_grad():
+            target_q = self.critic_target.min(observations, actions)
+        advantage = target_q - self.value(observations).squeeze(-1)
+        value_loss = expectile_loss(advantage, c.expectile)
+        self.value_optimizer.zero_grad(set_to_none=True)
+        value_loss.backward()
+        self.value_optimizer.step()
+
+        # critics: one-step TD onto V(s'), never a max over actions
+        with torch.no_grad():
+            next_v = self.value(batch["next_observations"]).squeeze(-1)
+            target = batch["rewards"] + c.discount * (1.0 - batch["terminals"]) * next_v
+        q = self.critic(observations, actions)  # (2, B)
+        critic_loss = (q - target).square().mean(dim=1).sum()
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
+
+        # actor: advantage-weighted regression with the advantages of the value step
+        weights = torch.exp(c.beta * advantage.detach()).clamp(max=MAX_ADVANTAGE_WEIGHT)
+        if c.deterministic_actor:
+            bc_losses = (self.actor(observations) - actions).square().sum(-1)
+        else:
+            bc_losses = -self.actor.log_prob(observations, actions)
+        actor_loss = (weights * bc_losses).mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_optimizer.step()
+        self.actor_schedule.step()
+
+        polyak_update(self.critic_target, self.critic, c.tau)
+        return {
+            "value_loss": value_loss.detach(),
+            "critic_loss": critic_loss.detach(),
+            "actor_loss": actor_loss.detach(),
+            "advantage_mean": advantage.detach().mean(),
+            "q_mean": q.detach().mean(),
+        }
+
+    @torch.no_grad()
+    def act(self, observations: np.ndarray) -> np.ndarray:
+        return self.actor(observations_tensor(observations, self.device)).cpu().numpy()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "value": self.value.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "value_optimizer": self.value_optimizer.state_dict(),
+            "actor_schedule": self.actor_schedule.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in ("actor", "critic", "value", "critic_target"):
+            getattr(self, name).load_state_dict(state[name])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.value_optimizer.load_state_dict(state["value_optimizer"])
+        self.actor_schedule.load_state_dict(state["actor_schedule"])
+
+
+def train(config: Config) -> dict[str, Any]:
+    return run_training(config, IQL, ALGORITHM)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(Config, train, ALGORITHM, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,448 @@
+"""Trained policies out of run directories: load an agent back, export it as TorchScript.
+
+`load_run(run_dir)` rebuilds the agent of a run from its config.json and a checkpoint, together
+with what evaluating it needs (dataset info, observation normalizer, reference scores), without
+the dataset on disk. `export_policy(run, path)` writes the policy as one TorchScript file that
+plain `torch.jit.load` reads, with no import of this package:
+
+    policy = torch.jit.load("policy.pt")
+    actions = policy(observations)           # raw env observations (B, obs_dim) or (obs_dim,)
+    actions = policy(observations, seed=7)   # stochastic policies: seeds torch's RNG first
+
+The module normalises observations with the dataset's statistics, runs the agent's action
+selection and clamps to the action box; CPU only. Metadata (algorithm, dataset, dims, checkpoint,
+normalizer) are in the file's extra file "dql.json" (`torch.jit.load(path, _extra_files=...)`).
+
+Where the policy comes from, first match wins:
+1. `agent.policy_module()`: an nn.Module mapping normalised observations (B, obs_dim) to actions
+   that draws its noise from torch's global RNG in the same order as `agent.act` (the hook an
+   algorithm should provide);
+2. Diffusion-QL (`dql.diffusion_ql.DiffusionQL`): `num_candidates` samples of `agent.actor`
+   (`ema_actor` with act_with_ema), scored by `agent.critic_target.min`, picked by softmax or
+   argmax: the operations of its `act`, in the same order; BCQ likewise (VAE samples,
+   perturbation, argmax Q_1). These adapters read the agents' attributes and belong in the
+   algorithm files as `policy_module()`;
+3. `agent.actor.deterministic` (CQL), else `agent.actor` (TD3+BC, IQL, BC).
+Diffuser replans every few steps and keeps its plan between calls: it is not a stateless
+module and is not exported.
+The module is traced (loops unrolled, batch size dynamic). Every export is checked against
+`agent.act` on random observations, two batch sizes and two seeds; one that does not reproduce
+the agent is refused, so a wrong guess in 2-3 cannot pass silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dql.data import DatasetInfo, ObservationNormalizer, task_name
+from dql.errors import UserError
+from dql.runs import read_json, safe_torch_load
+
+EXPORT_TOLERANCE = 1e-5  # max |exported - agent.act| / max_action accepted by the check
+
+
+# --------------------------------------------------------------------------- loading runs
+
+
+@dataclass
+class TrainedRun:
+    """An agent rebuilt from a run directory, with what evaluating it needs."""
+
+    path: Path
+    algorithm: str
+    config: dict[str, Any]  # config.json "config" (the flags the run was trained with)
+    info: DatasetInfo
+    normalizer: ObservationNormalizer
+    ref_scores: tuple[float, float]
+    agent: Any
+    checkpoint: str  # file the weights came from, relative to the run directory
+    overrides: dict[str, Any]
+    device: str
+
+    @property
+    def observation_dim(self) -> int:
+        return self.info.observation_dim
+
+    @property
+    def action_dim(self) -> int:
+        return self.info.action_dim
+
+    @property
+    def max_action(self) -> float:
+        return float(np.max(self.info.action_high))
+
+    @property
+    def label(self) -> str:
+        extra = "".join(f" {k}={v}" for k, v in self.overrides.items())
+        return f"{self.algorithm} {task_name(self.config['dataset'])} s{self.config['seed']}{extra}"
+
+
+def find_agent_class(module: ModuleType) -> type:
+    """The agent class of an algorithm module: `module.Agent`, else the one class defined in the
+    module with `update`, `act` and `load_state_dict`, else the one whose name ends in Agent."""
+    if hasattr(module, "Agent"):
+        return module.Agent
+    defined = [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and obj.__module__ == module.__name__
+        and all(callable(getattr(obj, m, None)) for m in ("update", "act", "load_state_dict"))
+    ]
+    if len(defined) == 1:
+        return defined[0]
+    named = [c for c in defined if c.__name__.endswith("Agent")]
+    if len(named) == 1:
+        return named[0]
+    found = ", ".join(c.__name__ for c in defined) or "none"
+    raise UserError(
+        f"cannot tell the agent class of {module.__name__} (candidates: {found}); "
+        "the module should define `Agent = <its agent class>`"
+    )
+
+
+def checkpoint_file(run_dir: Path, checkpoint: str) -> tuple[Path, str]:
+    """(path, key) of a checkpoint name: last, best, selected (offline choice), or a step."""
+    if checkpoint == "last":
+        return run_dir / "checkpoints" / "last.pt", "agent"
+    if checkpoint in ("best", "selected"):
+        result_file = run_dir / "result.json"
+        if not result_file.exists():
+            raise UserError(f"{run_dir}: no result.json (unfinished run); use --checkpoint last")
+        step = read_json(result_file).get(f"{checkpoint}_step")
+        if step is None:
+            raise UserError(f"{run_dir}: result.json has no {checkpoint}_step")
+    elif re.fullmatch(r"\d+", checkpoint):
+        step = int(checkpoint)
+    else:
+        raise UserError(f"--checkpoint must be last, best, selected or a step, got {checkpoint!r}")
+    path = run_dir / "checkpoints" / f"eval_{step}.pt"
+    if not path.exists():
+        kept = sorted(
+            int(p.stem.removeprefix("eval_")) for p in run_dir.glob("checkpoints/eval_*.pt")
+        )
+        raise UserError(
+            f"{path}: no checkpoint for step {step}; steps kept: "
+            f"{', '.join(map(str, kept)) or 'none'}"
+        )
+    return path, ""
+
+
+def load_run(
+    run_dir: str | Path,
+    *,
+    checkpoint: str = "last",
+    device: str = "cpu",
+    agent_cls: type | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainedRun:
+    """Rebuild the agent of `run_dir` on `device` from one of its checkpoints.
+
+    The agent class comes from the registry entry of the run's algorithm (or `agent_cls`); its
+    config is the module's `Config` filled from config.json, with `overrides` (e.g.
+    num_candidates) applied before the agent is built."""
+    from dql.registry import load_algorithm
+    from dql.training import TrainConfig
+
+    path = Path(run_dir)
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise UserError(f"{path}: not a run directory (no config.json)")
+    saved = read_json(config_file)
+    config_cls: type = TrainConfig
+    if agent_cls is None:
+        module = load_algorithm(saved["algorithm"])
+        agent_cls = find_agent_class(module)
+        config_cls = getattr(module, "Config", TrainConfig)
+    fields = config_cls.__dataclass_fields__
+    overrides = dict(overrides or {})
+    unknown = sorted(k for k in overrides if k not in fields)
+    if unknown:
+        knobs = ", ".join(sorted(set(fields) - set(TrainConfig.__dataclass_fields__)))
+        raise UserError(
+            f"{saved['algorithm']} has no setting {', '.join(unknown)}; its own settings: "
+            f"{knobs or 'none'}"
+        )
+    values = {k: v for k, v in saved["config"].items() if k in fields}
+    values.update(overrides, device=device)
+    config = config_cls(**values)
+    info = DatasetInfo.from_dict(saved["dataset"])
+    agent = agent_cls(info.observation_dim, info.action_dim, float(info.action_high[0]), config)
+    file, key = checkpoint_file(path, checkpoint)
+    state = safe_torch_load(file, map_location=device)
+    try:
+        agent.load_state_dict(state[key] if key else state)
+    except (RuntimeError, KeyError, ValueError) as exc:
+        detail = str(exc).splitlines()[0][:200]
+        raise UserError(
+            f"{file}: the weights do not fit the agent built with {overrides or 'the saved config'}"
+            f" ({detail}); settings that change the networks cannot be overridden"
+        ) from None
+    return TrainedRun(
+        path=path,
+        algorithm=saved["algorithm"],
+        config=saved["config"],
+        info=info,
+        normalizer=ObservationNormalizer.from_state_dict(saved["normalizer"]),
+        ref_scores=tuple(saved["ref_scores"]),
+        agent=agent,
+        checkpoint=str(file.relative_to(path)),
+        overrides=overrides,
+        device=device,
+    )
+
+
+# --------------------------------------------------------------------------- policy modules
+
+
+class DiffusionQLPolicy(nn.Module):
+    """Diffusion-QL's `act` as a module: K samples per state from the diffusion actor, scored by
+    the target critics' min-Q, one picked by softmax(Q) or argmax (same ops, same RNG order)."""
+
+    def __init__(self, actor: nn.Module, critic: nn.Module, num_candidates: int, argmax: bool):
+        super().__init__()
+        self.actor, self.critic = actor, critic
+        self.num_candidates, self.argmax = num_candidates, argmax
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        n, k = state.shape[0], self.num_candidates
+        state_rpt = state.repeat_interleave(k, dim=0)  # (N*K, obs)
+        candidates = self.actor.sample(state_rpt)  # (N*K, act)
+        q = self.critic.min(state_rpt, candidates).view(n, k)
+        if self.argmax:
+            index = q.argmax(dim=1)
+        else:
+            index = torch.multinomial(torch.softmax(q, dim=1), 1).squeeze(1)
+        picked = index[:, None, None].expand(-1, 1, candidates.shape[-1])
+        return candidates.view(n, k, -1).gather(1, picked).squeeze(1)
+
+
+class BCQPolicy(nn.Module):
+    """BCQ's `act`: n VAE-decoded actions per state (the batch tiled n times), perturbed by the
+    actor, the one with the highest Q_1 picked."""
+
+    def __init__(self, vae: nn.Module, actor: nn.Module, critic: nn.Module, n: int) -> None:
+        super().__init__()
+        self.vae, self.actor, self.critic, self.n = vae, actor, critic, n
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        batch = state.shape[0]
+        repeated = state.repeat(self.n, 1)  # (n*B, obs), tiled, not interleaved
+        candidates = self.actor(repeated, self.vae.decode(repeated))
+        best = self.critic(repeated, candidates)[0].view(self.n, batch).argmax(0)  # (B,)
+        picked = best[None, :, None].expand(1, batch, candidates.shape[-1])
+        return candidates.view(self.n, batch, -1).gather(0, picked).squeeze(0)
+
+
+class _CallMethod(nn.Module):
+    def __init__(self, module: nn.Module, method: str) -> None:
+        super().__init__()
+        self.module, self.method = module, method
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return getattr(self.module, self.method)(observations)
+
+
+def policy_module(agent: Any) -> nn.Module:
+    """The agent's action selection as an nn.Module on normalised observations (see the module
+    docstring for the order in which it is looked for)."""
+    if callable(getattr(agent, "policy_module", None)):
+        return agent.policy_module()
+    config = getattr(agent, "config", None)
+    if type(agent).__name__ == "DiffusionQL" and hasattr(config, "num_candidates"):
+        actor = agent.ema_actor if config.act_with_ema else agent.actor
+        argmax = config.action_selection == "argmax"
+        return DiffusionQLPolicy(actor, agent.critic_target, config.num_candidates, argmax)
+    if type(agent).__name__ == "BCQ" and hasattr(config, "eval_sampled_actions"):
+        return BCQPolicy(agent.vae, agent.actor, agent.critic, config.eval_sampled_actions)
+    actor = getattr(agent, "actor", None)
+    if isinstance(actor, nn.Module):
+        return _CallMethod(actor, "deterministic") if hasattr(actor, "deterministic") else actor
+    raise UserError(
+        f"cannot export {type(agent).__name__}: it has no policy_module() method and no `actor` "
+        "network; add policy_module() returning an nn.Module from normalised observations to actions"
+    )
+
+
+class ExportedPolicy(nn.Module):
+    """Raw observations -> normalise -> policy -> clamp; scripted around the traced policy."""
+
+    def __init__(
+        self,
+        policy: nn.Module,
+        normalizer: ObservationNormalizer,
+        action_dim: int,
+        max_action: float,
+    ) -> None:
+        super().__init__()
+        self.policy = policy
+        self.register_buffer("mean", torch.as_tensor(normalizer.mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(normalizer.std, dtype=torch.float32))
+        self.observation_dim = int(normalizer.mean.shape[0])
+        self.action_dim = action_dim
+        self.max_action = float(max_action)
+
+    def forward(self, observations: torch.Tensor, seed: int = -1) -> torch.Tensor:
+        if seed >= 0:
+            torch.manual_seed(seed)
+        single = observations.dim() == 1
+        x = observations.to(torch.float32)
+        if single:
+            x = x.unsqueeze(0)
+        actions = self.policy((x - self.mean) / self.std)
+        actions = actions.clamp(-self.max_action, self.max_action)
+        return actions.squeeze(0) if single else actions
+
+
+def build_exported(run: TrainedRun) -> torch.jit.ScriptModule:
+    """Trace the agent's policy on CPU and script the normalising wrapper around it."""
+    policy = copy.deepcopy(policy_module(run.agent)).to("cpu").eval().requires_grad_(False)
+    example = torch.zeros(2, run.observation_dim)
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            traced = torch.jit.trace(policy, example, check_trace=False)
+    except Exception as exc:
+        raise UserError(
+            f"cannot trace the {run.algorithm} policy ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160]}); the agent should provide policy_module()"
+        ) from None
+    return torch.jit.script(ExportedPolicy(traced, run.normalizer, run.action_dim, run.max_action))
+
+
+def check_export(
+    module: torch.nn.Module,
+    run: TrainedRun,
+    *,
+    batch_sizes: Sequence[int] = (1, 7),
+    seeds: Sequence[int] = (0, 1),
+) -> float:
+    """Largest |module(obs, seed) - clip(agent.act(normalize(obs)))| over random observations
+    (dataset mean +- 2 std), relative to max_action; both calls start from the same torch seed."""
+    rng = np.random.default_rng(0)
+    norm, m = run.normalizer, run.max_action
+    worst = 0.0
+    for batch in batch_sizes:
+        raw = norm.mean + norm.std * rng.uniform(-2, 2, (batch, run.observation_dim))
+        raw = raw.astype(np.float32)
+        for seed in seeds:
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                torch.manual_seed(seed)
+                expected = np.clip(run.agent.act(norm(raw)), -m, m)
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                got = module(torch.as_tensor(raw), seed).numpy()
+            if got.shape != expected.shape:
+                return float("inf")
+            worst = max(worst, float(np.abs(got - expected).max()) / m)
+    return worst
+
+
+def export_policy(run: TrainedRun, out: str | Path, *, check: bool = True) -> dict[str, Any]:
+    """Write `run`'s policy to `out` as TorchScript; return its metadata (+ check error)."""
+    if run.device != "cpu":
+        raise UserError("export runs on CPU; load the run with device='cpu'")
+    module = build_exported(run)
+    error = check_export(module, run) if check else None
+    if error is not None and not error <= EXPORT_TOLERANCE:
+        raise UserError(
+            f"the exported {run.algorithm} policy does not reproduce agent.act (max error "
+            f"{error:.3g} x max_action); the agent should provide policy_module()"
+        )
+    meta = {
+        "format": "dql-torchscript-policy-1",
+        "algorithm": run.algorithm,
+        "dataset": run.config["dataset"],
+        "checkpoint": run.checkpoint,
+        "run_dir": str(run.path),
+        "observation_dim": run.observation_dim,
+        "action_dim": run.action_dim,
+        "max_action": run.max_action,
+        "normalizer": run.normalizer.state_dict(),
+        "overrides": run.overrides,
+        "check_max_error": error,
+        "call": "policy(observations[, seed]) -> actions; raw observations, CPU float32",
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(module, str(out), _extra_files={"dql.json": json.dumps(meta, indent=2)})
+    return meta
+
+
+def load_exported(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """An exported policy and its metadata (plain torch.jit.load does the same)."""
+    extra = {"dql.json": ""}
+    module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return module, json.loads(extra["dql.json"])
+
+
+# --------------------------------------------------------------------------- command
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="dql export",
+        description="Export a trained policy as a self-contained TorchScript file "
+        "(observation normalisation included; load with torch.jit.load).",
+    )
+    parser.add_argument("run_dir", help="run directory (holds config.json and checkpoints/)")
+    parser.add_argument("--out", help="output file (default: RUN_DIR/policy.pt)")
+    parser.add_argument(
+        "--checkpoint", default="last", help="last, best, selected (offline choice) or a step"
+    )
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="NAME=VALUE",
+        help="act-time settings baked into the export, e.g. num_candidates=10",
+    )
+    parser.add_argument("--no-check", action="store_true", help="skip the check against agent.act")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    run = load_run(args.run_dir, checkpoint=args.checkpoint, overrides=parse_settings(args.set))
+    out = Path(args.out) if args.out else run.path / "policy.pt"
+    meta = export_policy(run, out, check=not args.no_check)
+    checked = (
+        "not checked"
+        if meta["check_max_error"] is None
+        else f"matches agent.act to {meta['check_max_error']:.1e} x max_action"
+    )
+    print(
+        f"wrote {out}: {run.algorithm} policy ({run.checkpoint}), observations "
+        f"{run.observation_dim} -> actions {run.action_dim}; {checked}"
+    )
+    return 0
+
+
+def parse_value(text: str) -> Any:
+    """A setting's value: JSON where it parses (10, 0.5, true), else the string itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_settings(items: Sequence[str]) -> dict[str, Any]:
+    """NAME=VALUE strings -> dict (dashes in names become underscores)."""
+    settings: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UserError(f"settings are NAME=VALUE, got {item!r}")
+        settings[name.replace("-", "_")] = parse_value(value)
+    return settings
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""Sweeps: malformed files fail in one line; a tiny sweep runs, records a crash without stopping the
+others, resumes a killed run from its checkpoint, retries failed runs only when asked, and never
+trains a finished run twice; its tables equal a recomputation from the run files; Ray in local
+mode; the real bc/td3bc algorithms through the sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dql import registry
+from dql.errors import ConfigError
+from dql.sweep import group_by_task, load_sweep, main, plan_jobs, plan_runs, run_sweep
+
+TESTS_DIR = str(Path(__file__).resolve().parent)
+TINY = "tiny_algo"  # tests/tiny_algo.py
+
+
+@pytest.fixture
+def tiny_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two algorithm names served by the tiny BC module under tests/."""
+    monkeypatch.setitem(registry.ALGORITHMS, "tiny_a", TINY)
+    monkeypatch.setitem(registry.ALGORITHMS, "tiny_b", TINY)
+
+
+@pytest.fixture
+def counter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every training of a tiny run appends its run directory here (worker processes too)."""
+    file = tmp_path / "trainings.txt"
+    monkeypatch.setenv("TINY_ALGO_COUNTER", str(file))
+    return file
+
+
+def trained(counter: Path) -> list[str]:
+    return [Path(line).parts[-3] + "/" + Path(line).name for line in counter.read_text().split()]
+
+
+def write_sweep(path: Path, dataset: str, body: str, **fields: object) -> Path:
+    head = {
+        "algorithms": ["tiny_a", "tiny_b"],
+        "datasets": [dataset],
+        "seeds": [0, 1],
+        "steps": 60,
+        "eval_interval": 30,
+        "eval_episodes": 2,
+        "log_interval": 30,
+        "checkpoint_interval": 30,
+        "keep_eval_checkpoints": False,
+        **fields,
+    }
+    lines = [f"{k} = {json.dumps(v)}" for k, v in head.items()]
+    path.write_text("\n".join(lines) + "\n" + body)
+    return path
+
+
+# --------------------------------------------------------------------------- malformed files
+
+MALFORMED = {
+    "bad_toml": ("algorithms = [tiny_a", "malformed TOML"),
+    "missing_keys": ('algorithms = ["tiny_a"]\nseeds = [0]', "missing key(s) datasets"),
+    "unknown_algorithm": (
+        'algorithms = ["nope"]\ndatasets = ["x/y/z-v0"]\nseeds = [0]',
+        "unknown algorithm 'nope'",
+    ),
+    "unknown_field": (
+        'algorithms = ["tiny_a"]\ndatasets = ["x/y/z-v0"]\nseeds = [0]\nlearning_rat = 1e-3',
+        "unknown config field 'learning_rat'",
+    ),
+    "unknown_override_field": (
+        'algorithms = ["tiny_a"]\ndatasets = ["x/y/z-v0"]\nseeds = [0]\n'
+        "[overrides.tiny_a]\nwidth = 3",
+        "unknown config field 'width'",
+    ),
+    "override_not_in_sweep": (
+        'algorithms = ["tiny_a"]\ndatasets = ["x/y/z-v0"]\nseeds = [0]\n[overrides.tiny_b]\nhidden = 3',
+        "not in this sweep's algorithms",
+    ),
+    "seeds_not_ints": (
+        'algorithms = ["tiny_a"]\ndatasets = ["x/y/z-v0"]\nseeds = ["0", 1]',
+        "seeds must be a non-empty list of integers",
+    ),
+    "seeds_not_list": (
+        'algorithms = ["tiny_a"]\ndatasets = ["x/y/z-v0"]\nseeds = 3',
+        "seeds must be a non-empty list of integers",
+    ),
+    "wrong_type": (
+        'algorithms = ["tiny_a"]\ndatasets = ["x/y/z-v0"]\nseeds = [0]\nsteps = "many"',
+        "steps = 'many' should be int",
+    ),
+    "reserved_field": (
+        'algorithms = ["tiny_a"]\ndatasets = ["x/y/z-v0"]\nseeds = [0]\nseed = 4',
+        "'seed' is set by the sweep itself",
+    ),
+    "bad_number": (
+        'algorithms = ["tiny_a"]\ndatasets = ["x/y/z-v0"]\nseeds = [0]\nsteps = -5',
+        "--steps must be a positive integer",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_sweep_file_is_one_error_line(case, tiny_registry, tmp_path, capsys):
+    text, message = MALFORMED[case]
+    file = tmp_path / f"{case}.toml"
+    file.write_text(text + "\n")
+    code = main([str(file), "--out", str(tmp_path / "out"), "--dry-run"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "tiny_a").exists()
+
+
+def test_missing_sweep_file(tmp_path, capsys):
+    assert main([str(tmp_path / "nope.toml")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_config_precedence_and_batched_seed_groups(tiny_registry, tmp_path):
+    file = write_sweep(
+        tmp_path / "s.toml",
+        "x/pendulum/mixed-v0",
+        "[overrides.tiny_b]\nsteps = 40\nhidden = 8\n",
+        steps=100,
+    )
+    sweep = load_sweep(file)
+    runs = plan_runs(sweep, tmp_path / "out")
+    by_key = {r.key: r for r in runs}
+    assert [r.key for r in runs] == [
+        "tiny_a/pendulum-mixed/seed_0",
+        "tiny_a/pendulum-mixed/seed_1",
+        "tiny_b/pendulum-mixed/seed_0",
+        "tiny_b/pendulum-mixed/seed_1",
+    ]
+    assert by_key["tiny_a/pendulum-mixed/seed_1"].config["steps"] == 100  # sweep-wide
+    assert by_key["tiny_b/pendulum-mixed/seed_1"].config["steps"] == 40  # per-algorithm override
+    assert by_key["tiny_b/pendulum-mixed/seed_1"].config["hidden"] == 8
+    assert "hidden" not in by_key["tiny_a/pendulum-mixed/seed_0"].config  # algorithm default
+    assert by_key["tiny_b/pendulum-mixed/seed_1"].run_dir == str(
+        tmp_path / "out" / "tiny_b" / "pendulum-mixed" / "seed_1"
+    )
+    groups = group_by_task(runs)
+    assert {k: [r.seed for r in v] for k, v in groups.items()} == {
+        ("tiny_a", "x/pendulum/mixed-v0"): [0, 1],
+        ("tiny_b", "x/pendulum/mixed-v0"): [0, 1],
+    }
+    assert [len(job) for job in plan_jobs(runs)] == [1, 1, 1, 1]
+
+
+def test_sweep_defaults_and_overrides_from_the_hyperparameter_table(tmp_path):
+    pytest.importorskip("baselines.td3bc")
+    from dql.hyperparams import task_hyperparams
+    from dql.registry import load_algorithm
+
+    config_cls = load_algorithm("td3bc").Config
+    table = task_hyperparams("td3bc", "mujoco/hopper/medium-v0", config_cls)
+    file = tmp_path / "s.toml"
+    file.write_text(
+        'algorithms = ["td3+bc"]\ndatasets = ["mujoco/hopper/medium-v0"]\nseeds = [3]\nsteps = 7\n'
+    )
+    (run,) = plan_runs(load_sweep(file), tmp_path)
+    assert run.algorithm == "td3bc" and run.config["steps"] == 7
+    for key, value in table.items():
+        if key != "steps":
+            assert run.config[key] == value
+
+
+# --------------------------------------------------------------------------- running
+
+
+def test_tiny_sweep_crash_rerun_retry_and_table(
+    tiny_registry, pendulum_store, counter, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "out"
+    file = write_sweep(
+        tmp_path / "tiny.toml", pendulum_store, "[overrides.tiny_b]\ncrash_seed = 1\nhidden = 16\n"
+    )
+
+    # 1. tiny_b seed 1 crashes at step 50; the others finish regardless
+    monkeypatch.setenv("TINY_ALGO_CRASH", "1")
+    assert main([str(file), "--out", str(out), "--workers", "2"]) == 1
+    crashed = out / "tiny_b" / "pendulum-mixed" / "seed_1"
+    status = json.loads((crashed / "status.json").read_text())
+    assert status["status"] == "failed" and "crashed on purpose" in status["error"]
+    sweep_status = json.loads((out / "sweep_status.json").read_text())
+    assert sweep_status["counts"] == {"complete": 3, "failed": 1}
+    assert "crashed on purpose" in sweep_status["runs"]["tiny_b/pendulum-mixed/seed_1"]["error"]
+    assert "crashed on purpose" in (out / "sweep.log").read_text()
+    assert sorted(trained(counter)) == [
+        "tiny_a/seed_0",
+        "tiny_a/seed_1",
+        "tiny_b/seed_0",
+        "tiny_b/seed_1",
+    ]
+    finished = sorted(out.glob("*/pendulum-mixed/seed_*/result.json"))
+    assert len(finished) == 3
+    mtimes = {p: p.stat().st_mtime_ns for p in finished}
+
+    # 2. a plain rerun trains nothing: complete runs are skipped, the failed one is kept
+    monkeypatch.delenv("TINY_ALGO_CRASH")
+    capsys.readouterr()
+    assert main([str(file), "--out", str(out)]) == 1
+    assert "kept failed tiny_b/pendulum-mixed/seed_1" in capsys.readouterr().out
+    assert len(trained(counter)) == 4
+
+    # 3. --retry-failed reruns only the failed run, from scratch, keeping the old one aside
+    assert main([str(file), "--out", str(out), "--retry-failed"]) == 0
+    assert trained(counter)[4:] == ["tiny_b/seed_1"]
+    assert {p: p.stat().st_mtime_ns for p in finished} == mtimes
+    assert json.loads((crashed / "status.json").read_text())["status"] == "complete"
+    aside = json.loads((crashed.parent / "seed_1.failed-1" / "status.json").read_text())
+    assert aside["status"] == "failed"
+    assert json.loads((out / "sweep_status.json").read_text())["counts"] == {"complete": 4}
+
+    # 4. the table's numbers are those of the run files, recomputed by hand
+    from dql.tables import make_tables
+
+    report, table, written = make_tables(out, tmp_path / "tables", reference="tiny_a", reps=200)
+    for algorithm in ("tiny_a", "tiny_b"):
+        finals, bests = [], []
+        for seed in (0, 1):
+            run = out / algorithm / "pendulum-mixed" / f"seed_{seed}"
+            evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+            assert [e["step"] for e in evals] == [30, 60]
+            finals.append(evals[-1]["normalized_score"])
+            bests.append(max(e["normalized_score"] for e in evals))
+            result = json.loads((run / "result.json").read_text())
+            assert result["final_score"] == finals[-1]
+        row = table.runs[table.runs["algorithm"] == algorithm]
+        assert row["final_score"].tolist() == finals and row["best_score"].tolist() == bests
+        final_cell = f"{np.mean(finals):.1f} ± {np.std(finals, ddof=1):.1f} (2)"
+        best_cell = f"{np.mean(bests):.1f} ± {np.std(bests, ddof=1):.1f} (2)"
+        assert final_cell in report.markdown and best_cell in report.markdown
+    assert "Interquartile mean (IQM)" in report.markdown
+    assert "\\begin{tabular}" in report.latex
+    assert f"dataset: {pendulum_store} (content hash " in report.markdown
+    assert (tmp_path / "tables" / "curves_pendulum-mixed.png").stat().st_size > 1000
+    assert "seed_1.failed-1" not in table.evaluations["run_dir"].str.cat()
+
+
+def test_killed_worker_run_resumes_from_its_checkpoint(
+    tiny_registry, pendulum_store, counter, tmp_path
+):
+    out = tmp_path / "out"
+    file = write_sweep(
+        tmp_path / "long.toml",
+        pendulum_store,
+        "",
+        algorithms=["tiny_a"],
+        seeds=[0],
+        steps=3000,
+        eval_interval=3000,
+        log_interval=50,
+        checkpoint_interval=50,
+    )
+    sweep = load_sweep(file)
+    run_dir = out / "tiny_a" / "pendulum-mixed" / "seed_0"
+    reports = []
+    thread = threading.Thread(
+        target=lambda: reports.append(run_sweep(sweep, out, workers=1, echo=lambda *a: None))
+    )
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not (run_dir / "checkpoints" / "last.pt").exists():
+        assert time.monotonic() < deadline and thread.is_alive(), "no checkpoint appeared"
+        time.sleep(0.02)
+    worker = int((run_dir / ".sweep.lock").read_text())
+    assert worker != os.getpid()
+    os.kill(worker, signal.SIGKILL)
+    thread.join(60)
+    (report,) = reports
+    outcome = report.runs["tiny_a/pendulum-mixed/seed_0"]
+    assert outcome["status"] == "interrupted" and "SIGKILL" in outcome["error"]
+    assert not (run_dir / "result.json").exists()
+    killed_at = max(json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open())
+    assert 0 < killed_at < 3000
+
+    report = run_sweep(sweep, out, workers=1, echo=lambda *a: None)
+    assert report.runs["tiny_a/pendulum-mixed/seed_0"]["status"] == "complete"
+    assert trained(counter) == ["tiny_a/seed_0", "tiny_a/seed_0"]
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
+    assert steps == list(range(50, 3001, 50))  # continued, no step logged twice
+    assert len(list((run_dir / "tb").glob("events.*"))) == 2  # a second writer: it resumed
+
+
+def test_ray_backend_in_local_mode(tiny_registry, pendulum_store, counter, tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray", reason="ray is an optional extra: pip install 'ray[default]'")
+    # Ray's workers start from the raylet's environment: give them the tiny module's folder.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([TESTS_DIR, *sys.path]))
+    file = write_sweep(tmp_path / "ray.toml", pendulum_store, "", algorithms=["tiny_a"])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        report = run_sweep(load_sweep(file), tmp_path / "out", backend="ray", echo=lambda *a: None)
+    finally:
+        ray.shutdown()
+    assert report.all_complete and len(report.runs) == 2
+    assert sorted(trained(counter)) == ["tiny_a/seed_0", "tiny_a/seed_1"]
+    for seed in (0, 1):
+        run = tmp_path / "out" / "tiny_a" / "pendulum-mixed" / f"seed_{seed}"
+        assert json.loads((run / "status.json").read_text())["status"] == "complete"
+
+
+def test_real_bc_and_td3bc_through_the_sweep(pendulum_store, tmp_path):
+    pytest.importorskip("baselines.td3bc")
+    pytest.importorskip("baselines.bc")
+    file = tmp_path / "real.toml"
+    file.write_text(
+        'algorithms = ["bc", "td3bc"]\n'
+        f'datasets = ["{pendulum_store}"]\n'
+        "seeds = [0]\nsteps = 100\neval_interval = 100\neval_episodes = 2\nlog_interval = 50\n"
+        "checkpoint_interval = 100\nkeep_eval_checkpoints = false\n"
+    )
+    report = run_sweep(load_sweep(file), tmp_path / "out", workers=2, echo=lambda *a: None)
+    assert report.all_complete, report.runs
+    from dql.tables import make_tables
+
+    md, table, _ = make_tables(tmp_path / "out", reps=100, plots=False)
+    assert sorted(table.runs["algorithm"]) == ["bc", "td3bc"]
+
+
+def test_plan_refuses_an_invalid_run_config(tiny_registry, tmp_path):
+    file = write_sweep(tmp_path / "s.toml", "x/p/q-v0", "[overrides.tiny_b]\neval_episodes = 0\n")
+    with pytest.raises(ConfigError, match="tiny_b on x/p/q-v0 seed 0: --eval-episodes"):
+        plan_runs(load_sweep(file), tmp_path / "out")
+
+
+@pytest.mark.parametrize("name", ["demo", "gym_full"])
+def test_shipped_sweep_files_plan_valid_runs(name, tmp_path):
+    file = Path(__file__).resolve().parent.parent / "experiments" / "sweeps" / f"{name}.toml"
+    for module in ("dql.diffusion_ql", "baselines.td3bc", "baselines.iql"):
+        pytest.importorskip(module)
+    if name == "gym_full":
+        for module in ("baselines.cql", "baselines.bcq", "baselines.bc"):
+            pytest.importorskip(module)
+    sweep = load_sweep(file)
+    runs = plan_runs(sweep, tmp_path)
+    assert len(runs) == len(sweep.algorithms) * len(sweep.datasets) * len(sweep.seeds)
+    steps = {r.algorithm: r.config["steps"] for r in runs}
+    if name == "demo":
+        assert sweep.algorithms[:3] == ["diffusion_ql", "td3bc", "iql"] and sweep.seeds == [0, 1, 2]
+        assert steps["diffusion_ql"] < steps["iql"] < steps["td3bc"]  # equal wall-clock budgets
+    else:
+        assert steps["diffusion_ql"] == 2_000_000 and steps["td3bc"] == 1_000_000
