@@ -90,7 +90,9 @@ class Config(TrainConfig):
     def validate(self) -> None:
         super().validate()
         if self.planner not in PLANNERS:
-            raise ConfigError(f"--planner must be one of {', '.join(PLANNERS)}, got {self.planner!r}")
+            raise ConfigError(
+                f"--planner must be one of {', '.join(PLANNERS)}, got {self.planner!r}"
+            )
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"--activation must be one of {', '.join(ACTIVATIONS)}")
         for name in ("ensemble_size", "plan_horizon", "population", "elites", "iterations"):
@@ -121,7 +123,11 @@ class ModelPredictiveControl:
         self.observation_dim, self.action_dim = observation_dim, action_dim
         self.max_action = max_action
         self.model = EnsembleMLP(
-            observation_dim + action_dim, observation_dim + 2, c.ensemble_size, c.hidden, c.activation
+            observation_dim + action_dim,
+            observation_dim + 2,
+            c.ensemble_size,
+            c.hidden,
+            c.activation,
         ).to(self.device)
         self.optimizer = make_optimizer(
             self.model.parameters(), c.learning_rate, weight_decay=c.weight_decay

@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -74,7 +75,9 @@ def build_hopper(size: int) -> None:
     command += ["--size", str(size)]
     if (Path(os.environ["MINARI_DATASETS_PATH"]) / DATASET_ID).exists():
         command.append("--overwrite")  # a half-built or unreadable one
-    say("$ " + " ".join(command[1:]))
+    if not sys.stdout.isatty():
+        command.append("--no-progress")  # progress bars flood logs
+    say("$ python " + " ".join(command[1:]))
     subprocess.run(command, check=True)
 
 
@@ -129,17 +132,33 @@ def build_fallback(size: int = 50_000, seed: int = 0) -> None:
             total += float(reward)
             done = terminated or truncated
         random_returns.append(total)
-    minari.create_dataset_from_buffers(
-        FALLBACK_ID,
-        buffers,
-        env=env.spec,
-        algorithm_name="noisy linear controller (dql.demo fallback)",
-        ref_min_score=float(np.mean(random_returns)),
-        ref_max_score=1000.0,
-        data_format="hdf5",
-        description="dql demo fallback: InvertedPendulum-v5, linear controller + noise.",
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # minari: no author, permalink, eval_env
+        minari.create_dataset_from_buffers(
+            FALLBACK_ID,
+            buffers,
+            env=env.spec,
+            algorithm_name="noisy linear controller (dql.demo fallback)",
+            ref_min_score=float(np.mean(random_returns)),
+            ref_max_score=1000.0,
+            data_format="hdf5",
+            description="dql demo fallback: InvertedPendulum-v5, linear controller + noise.",
+        )
     env.close()
+
+
+def check_dataset(dataset_id: str) -> None:
+    """Load the dataset once and resolve its reference scores, so that a bad dataset is one
+    error here rather than nine failed runs."""
+    from dql.data import load_dataset, resolve_ref_scores
+    from dql.errors import DatasetError
+
+    try:
+        low, high = resolve_ref_scores(load_dataset(dataset_id).info)
+    except DatasetError as exc:
+        store = os.environ["MINARI_DATASETS_PATH"]
+        raise DatasetError(f"{exc} (delete {store}/{dataset_id} to rebuild it)") from None
+    say(f"dataset {dataset_id}: reference returns random {low:.1f}, expert {high:.1f}")
 
 
 def ensure_dataset(size: int) -> tuple[str, str | None]:
@@ -192,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         dataset_id, fallback_note = ensure_dataset(args.size)
+        check_dataset(dataset_id)
         say(f"[{_clock(started)}] dataset ready")
         sweep = load_sweep(args.sweep)
         sweep.datasets = [dataset_id]
@@ -200,13 +220,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             say("demo interrupted; run `make demo` again to continue where it stopped")
             return 130
         say(f"[{_clock(started)}] training done; tables...")
-        table_report, _, written = make_tables(runs_dir, out, reference="diffusion_ql")
+        table_report, _, written = make_tables(
+            runs_dir, out, reference="diffusion_ql", datasets=[dataset_id]
+        )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except subprocess.CalledProcessError as exc:
         print(f"error: building the dataset failed ({exc})", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        say("demo interrupted; run `make demo` again to continue where it stopped")
+        return 130
     say()
     say(table_report.markdown)
     if fallback_note:

@@ -35,6 +35,11 @@ Deliberate choices and deviations (see also the field docstrings):
 - Offline model selection: `selection_metric = "bc_loss"`; the training loop averages it per
   evaluation block (result.json `selected_step`, `--early-stop-patience`).
 - Gradient-norm clipping (`grad_norm`, as in the public code) applies to actor and critic.
+- The Q1/Q2 coin of L_q is drawn from torch's RNG (public code: numpy's), so a seeded run and
+  a resumed one draw the same coins; the critic's weights are frozen while L_q backpropagates
+  (it needs dQ/da only).
+- eta = 0 (Diffusion-BC) skips the sampling chain of L_q; discount = 0 makes the TD target the
+  reward itself (a contextual bandit, used by experiments/toy_bandit.py).
 """
 
 from __future__ import annotations
@@ -73,7 +78,7 @@ class DiffusionQLConfig(TrainConfig):
     critic_lr: float = 3e-4
     """Critic learning rate."""
     discount: float = 0.99
-    """Discount gamma."""
+    """Discount gamma (0: a contextual bandit, the critic regresses on r)."""
     tau: float = 0.005
     """Polyak rate of the target critics."""
     n_timesteps: int = 5
@@ -90,8 +95,8 @@ class DiffusionQLConfig(TrainConfig):
     """Target = min over critics of the max over NUM_BACKUP_ACTIONS sampled next actions."""
     num_backup_actions: int = 10
     """Next actions per next state for --max-q-backup."""
-    grad_norm: float = 9.0
-    """Clip actor and critic gradient norms to this (<= 0: no clipping)."""
+    grad_norm: float = 5.0
+    """Clip actor and critic gradient norms to this (<= 0: no clipping; per task in the table)."""
     lr_decay: bool = True
     """Cosine-anneal both learning rates to 0 over STEPS (public code: effectively constant)."""
     num_candidates: int = 50
@@ -184,6 +189,40 @@ def make_actor(
     return Diffusion(denoiser, action_dim, max_action, n_timesteps, beta_schedule)
 
 
+class CandidateSelection(nn.Module):
+    """pi(s): K candidate actions per state from `actor`, scored by `critic.min` (the target
+    critics' min-Q), one picked per state by softmax(Q) at temperature 1 (public code) or by
+    argmax. Noise is drawn from torch's global RNG (the loop seeds it per evaluation)."""
+
+    def __init__(
+        self, actor: Diffusion, critic: CriticEnsemble, num_candidates: int, argmax: bool
+    ) -> None:
+        super().__init__()
+        self.actor, self.critic = actor, critic
+        self.num_candidates, self.argmax = num_candidates, argmax
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        n, k = state.shape[0], self.num_candidates
+        state_rpt = state.repeat_interleave(k, dim=0)  # (N*K, obs)
+        candidates = self.actor.sample(state_rpt)  # (N*K, act)
+        q = self.critic.min(state_rpt, candidates).view(n, k)
+        if self.argmax:
+            index = q.argmax(dim=1)
+        else:
+            index = torch.multinomial(torch.softmax(q, dim=1), 1).squeeze(1)
+        picked = index[:, None, None].expand(-1, 1, candidates.shape[-1])
+        return candidates.view(n, k, -1).gather(1, picked).squeeze(1)  # (N, act)
+
+
+def _lr_schedule(
+    optimizer: torch.optim.Optimizer, horizon: int | None
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine annealing to 0 over `horizon` steps, or a constant lr when horizon is None."""
+    if horizon is None:
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=horizon, eta_min=0.0)
+
+
 # --------------------------------------------------------------------------- agent
 
 
@@ -223,22 +262,9 @@ class DiffusionQL:
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg = self.config
         state, action = batch["observations"], batch["actions"]
-        next_state, reward = batch["next_observations"], batch["rewards"]
-        not_done = 1.0 - batch["terminals"]
+        target = self.td_target(batch["rewards"], batch["next_observations"], batch["terminals"])
 
-        # ---- critic: y = r + gamma (1 - d) min_k Q'_k(s', a'), a' ~ pi_ema(. | s')
-        with torch.no_grad():
-            if cfg.discount == 0:  # a contextual bandit (the toy): Q regresses on r
-                target = reward
-            elif cfg.max_q_backup:
-                repeats = cfg.num_backup_actions
-                next_state_rpt = next_state.repeat_interleave(repeats, dim=0)  # (B*K, obs)
-                next_q = self.critic_target(next_state_rpt, self.ema_actor.sample(next_state_rpt))
-                next_q = next_q.view(2, -1, repeats).amax(dim=2).amin(dim=0)  # (B,)
-                target = reward + cfg.discount * not_done * next_q
-            else:
-                next_q = self.critic_target.min(next_state, self.ema_actor.sample(next_state))
-                target = reward + cfg.discount * not_done * next_q
+        # ---- critic: sum_k E (Q_k(s, a) - y)^2
         current_q = self.critic(state, action)  # (2, B)
         critic_loss = (current_q - target).square().mean(dim=1).sum()
         self.critic_optimizer.zero_grad(set_to_none=True)
@@ -290,6 +316,24 @@ class DiffusionQL:
             metrics["actor_grad_norm"] = actor_grad_norm
         return metrics
 
+    @torch.no_grad()
+    def td_target(
+        self, reward: torch.Tensor, next_state: torch.Tensor, terminal: torch.Tensor
+    ) -> torch.Tensor:
+        """y = r + gamma (1 - d) min_k Q'_k(s', a'), a' ~ pi_ema(. | s'); with max_q_backup
+        min_k max_j Q'_k(s', a'_j) over `num_backup_actions` a'_j per s'. (B,)"""
+        cfg = self.config
+        if cfg.discount == 0:  # a contextual bandit (the toy): Q regresses on r
+            return reward
+        if cfg.max_q_backup:
+            repeats = cfg.num_backup_actions
+            next_state_rpt = next_state.repeat_interleave(repeats, dim=0)  # (B*K, obs)
+            next_q = self.critic_target(next_state_rpt, self.ema_actor.sample(next_state_rpt))
+            next_q = next_q.view(-1, next_state.shape[0], repeats).amax(dim=2).amin(dim=0)
+        else:
+            next_q = self.critic_target.min(next_state, self.ema_actor.sample(next_state))
+        return reward + cfg.discount * (1.0 - terminal) * next_q
+
     def _clip(self, parameters: Any) -> torch.Tensor | None:
         if self.config.grad_norm <= 0:
             return None
@@ -337,38 +381,7 @@ class DiffusionQL:
         self.step = int(state["step"])
 
 
-def _lr_schedule(
-    optimizer: torch.optim.Optimizer, horizon: int | None
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Cosine annealing to 0 over `horizon` steps, or a constant lr when horizon is None."""
-    if horizon is None:
-        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=horizon, eta_min=0.0)
-
-
-class CandidateSelection(nn.Module):
-    """pi(s): K candidate actions per state from `actor`, scored by `critic.min` (the target
-    critics' min-Q), one picked per state by softmax(Q) at temperature 1 (public code) or by
-    argmax. Noise is drawn from torch's global RNG (the loop seeds it per evaluation)."""
-
-    def __init__(
-        self, actor: Diffusion, critic: CriticEnsemble, num_candidates: int, argmax: bool
-    ) -> None:
-        super().__init__()
-        self.actor, self.critic = actor, critic
-        self.num_candidates, self.argmax = num_candidates, argmax
-
-    def forward(self, state: torch.Tensor) -> torch.Tensor:
-        n, k = state.shape[0], self.num_candidates
-        state_rpt = state.repeat_interleave(k, dim=0)  # (N*K, obs)
-        candidates = self.actor.sample(state_rpt)  # (N*K, act)
-        q = self.critic.min(state_rpt, candidates).view(n, k)
-        if self.argmax:
-            index = q.argmax(dim=1)
-        else:
-            index = torch.multinomial(torch.softmax(q, dim=1), 1).squeeze(1)
-        picked = index[:, None, None].expand(-1, 1, candidates.shape[-1])
-        return candidates.view(n, k, -1).gather(1, picked).squeeze(1)  # (N, act)
+Agent = DiffusionQL
 
 
 # --------------------------------------------------------------------------- entry points

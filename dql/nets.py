@@ -29,6 +29,7 @@ class _MishFunction(torch.autograd.Function):
         return x * t
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # t is saved without a graph: no 2nd order
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
         x, t = ctx.saved_tensors
         # d/dx [x tanh(softplus(x))] = t + x sigmoid(x) (1 - t^2)

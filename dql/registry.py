@@ -16,6 +16,7 @@ ALGORITHMS: dict[str, str] = {
     "bcq": "baselines.bcq",
     "bc": "baselines.bc",
     "diffuser": "baselines.diffuser",
+    "mpc": "baselines.mpc",
 }
 ALIASES = {
     "diffusion-ql": "diffusion_ql",

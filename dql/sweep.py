@@ -813,7 +813,8 @@ def _describe(outcome: dict[str, Any]) -> str:
             f"complete {key}: final score {outcome.get('final_score', float('nan')):.1f}, "
             f"best {outcome.get('best_score', float('nan')):.1f}{wall}"
         )
-    return f"{status} {key}: {outcome.get('error') or ''}{wall}"
+    error = f": {outcome['error']}" if outcome.get("error") else ""
+    return f"{status} {key}{error}{wall}"
 
 
 def _write_status(out: Path, sweep: Sweep, report: SweepReport) -> None:

@@ -87,8 +87,9 @@ class RunsTable:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-def collect_runs(root: str | Path) -> RunsTable:
-    """Read config.json, eval.jsonl and result.json of every run under `root`."""
+def collect_runs(root: str | Path, datasets: Sequence[str] | None = None) -> RunsTable:
+    """Read config.json, eval.jsonl and result.json of every run under `root` (only the runs on
+    `datasets`, when given)."""
     from dql.data import task_name
     from dql.runs import RunDirectory, read_json
 
@@ -96,12 +97,15 @@ def collect_runs(root: str | Path) -> RunsTable:
     if not root.is_dir():
         raise UserError(f"{root}: no such directory")
     eval_rows, run_rows, excluded = [], [], []
-    datasets: dict[str, set[str]] = {}
+    hashes: dict[str, set[str]] = {}  # dataset id -> content hashes seen
     commits: set[str] = set()
     for path in find_run_dirs(root):
         run = RunDirectory(path)
-        status = run.status()
-        if not run.is_complete() or not (path / "config.json").exists():
+        saved = read_json(path / "config.json") if (path / "config.json").exists() else None
+        if datasets is not None and (saved is None or saved["config"]["dataset"] not in datasets):
+            continue
+        if saved is None or not run.is_complete():
+            status = run.status()
             excluded.append(
                 {
                     "run_dir": str(path),
@@ -110,7 +114,6 @@ def collect_runs(root: str | Path) -> RunsTable:
                 }
             )
             continue
-        saved = read_json(path / "config.json")
         config = saved["config"]
         result = run.result()
         evals = run.rows("eval")
@@ -159,7 +162,7 @@ def collect_runs(root: str | Path) -> RunsTable:
                 "run_dir": str(path),
             }
         )
-        datasets.setdefault(dataset, set()).add(str(saved.get("dataset", {}).get("content_hash")))
+        hashes.setdefault(dataset, set()).add(str(saved.get("dataset", {}).get("content_hash")))
         if saved.get("git_commit"):
             commits.add(saved["git_commit"])
     evaluations = pd.DataFrame(eval_rows, columns=EVAL_COLUMNS)
@@ -168,7 +171,7 @@ def collect_runs(root: str | Path) -> RunsTable:
         runs = runs.sort_values(["task", "algorithm", "seed"]).reset_index(drop=True)
         evaluations = evaluations.sort_values(["task", "algorithm", "seed", "step"])
         evaluations = evaluations.reset_index(drop=True)
-    provenance = {"root": str(root), "datasets": datasets, "git_commits": sorted(commits)}
+    provenance = {"root": str(root), "datasets": hashes, "git_commits": sorted(commits)}
     return RunsTable(evaluations, runs, excluded, provenance)
 
 
@@ -293,13 +296,9 @@ def _rliable_estimates(
             )
             for agg in out:
                 if agg.algorithm in pairs:
-                    agg.improvement = float(np.asarray(p_points[agg.algorithm]).ravel()[0])
-                    agg.improvement_low = float(
-                        np.asarray(p_intervals[agg.algorithm])[0].ravel()[0]
-                    )
-                    agg.improvement_high = float(
-                        np.asarray(p_intervals[agg.algorithm])[1].ravel()[0]
-                    )
+                    agg.improvement = float(np.ravel(p_points[agg.algorithm])[0])
+                    low, high = np.reshape(p_intervals[agg.algorithm], (2, -1))[:, 0]
+                    agg.improvement_low, agg.improvement_high = float(low), float(high)
     return out, tasks, None
 
 
@@ -312,6 +311,8 @@ def welch_tests(runs: pd.DataFrame, reference: str, kind: str = "final") -> pd.D
     rows = []
     for task, group in runs.groupby("task"):
         ref = group[group["algorithm"] == reference][column].to_numpy()
+        if not len(ref):
+            continue
         for algorithm in sorted(set(group["algorithm"]) - {reference}):
             other = group[group["algorithm"] == algorithm][column].to_numpy()
             p, t = math.nan, math.nan
@@ -320,7 +321,7 @@ def welch_tests(runs: pd.DataFrame, reference: str, kind: str = "final") -> pd.D
                     warnings.simplefilter("ignore", RuntimeWarning)  # one side constant: fine
                     result = stats.ttest_ind(other, ref, equal_var=False)
                 t, p = float(result.statistic), float(result.pvalue)
-            diff = other.mean() - ref.mean() if len(ref) and len(other) else math.nan
+            diff = other.mean() - ref.mean()
             rows.append({"task": task, "algorithm": algorithm, "difference": diff, "t": t, "p": p})
     return pd.DataFrame(rows, columns=["task", "algorithm", "difference", "t", "p"])
 
@@ -631,9 +632,10 @@ def make_tables(
     reference: str | None = None,
     reps: int = 2000,
     plots: bool = True,
+    datasets: Sequence[str] | None = None,
 ) -> tuple[Report, RunsTable, list[Path]]:
     """Collect, render and write everything; returns the report, the data and written files."""
-    table = collect_runs(runs_dir)
+    table = collect_runs(runs_dir, datasets)
     report = render(table, score=score, reference=reference, reps=reps)
     out = Path(out_dir) if out_dir else Path(runs_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -349,3 +349,16 @@ def test_shipped_sweep_files_plan_valid_runs(name, tmp_path):
         assert steps["diffusion_ql"] < steps["iql"] < steps["td3bc"]  # equal wall-clock budgets
     else:
         assert steps["diffusion_ql"] == 2_000_000 and steps["td3bc"] == 1_000_000
+
+
+def test_a_run_locked_by_another_process_is_left_alone(tiny_registry, counter, tmp_path):
+    from dql.sweep import _run_lock, run_state
+
+    file = write_sweep(tmp_path / "s.toml", "x/p/q-v0", "", algorithms=["tiny_a"], seeds=[0])
+    run_dir = tmp_path / "out" / "tiny_a" / "p-q" / "seed_0"
+    with _run_lock(run_dir) as acquired:  # as a live worker of another sweep would hold it
+        assert acquired and run_state(run_dir) == "busy"
+        report = run_sweep(load_sweep(file), tmp_path / "out", echo=lambda *a: None)
+    assert report.runs["tiny_a/p-q/seed_0"]["status"] == "busy" and report.launched == 0
+    assert not counter.exists()
+    assert run_state(run_dir) == "missing"  # lock released, nothing trained

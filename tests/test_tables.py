@@ -115,6 +115,9 @@ def test_collect_runs_gives_one_tidy_row_per_evaluation(runs_dir):
     assert ev.groupby(["algorithm", "task"])["config_hash"].nunique().max() == 1
     (excluded,) = table.excluded
     assert excluded["status"] == "failed" and excluded["run_dir"].endswith("seed_7")
+    walker = collect_runs(root, datasets=["mujoco/walker2d/medium-v0"])
+    assert set(walker.evaluations["task"]) == {"walker2d-medium"} and not walker.excluded
+    assert len(walker.runs) == 2 * 3
 
 
 def test_config_hash_ignores_seed_and_paths_only():

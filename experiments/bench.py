@@ -1,0 +1,1049 @@
+"""Speed of the suite, every figure a ratio against a reference measured in the same run.
+
+    python experiments/bench.py [--quick] [--algorithms A ...] [--seconds S] [--threads N]
+                                [--device cpu|cuda|both] [--no-compile] [--out DIR]
+
+What is measured, per algorithm, at paper settings (batch 256, hidden 256, Hopper-sized data:
+11-d observations, 3-d actions, random synthetic transitions; no env needed for training):
+
+- gradient steps per second of `update(buffer.sample(256))`, metrics accumulated every step and
+  synced once per chunk, as `dql.training.run_training` does;
+- action selection, milliseconds per `act` call on 1 and on 10 observations;
+- evaluation episodes per second on Hopper-v5 (short episodes, no early termination): 10
+  episodes in parallel through `dql.evaluation.evaluate` against the same episodes one after
+  another (batch-1 `act`, as the published code evaluates);
+- peak memory of training steps (resident-set high-water mark over the steps, CUDA:
+  max_memory_allocated);
+- Diffusion-QL only: 5 seeds trained as one batched model against 1 seed, per gradient step.
+
+References, built in this file or imported: for Diffusion-QL `EagerDiffusionQL` below, the
+identical maths written the obvious way, as the published code is (two critic modules, a
+Python loop over the reverse steps, nn.Mish, `.item()` logging every step, a per-parameter EMA
+loop, plain Adam); for the baselines d3rlpy 2.8.1's implementation of the same algorithm, set
+to the same sizes (skipped with a note when `import d3rlpy` fails; it is a benchmark-only extra,
+see docs/environment-notes). Diffuser has no reference: its numbers are reported bare.
+
+Fairness on a shared machine: reference and candidate run in alternating chunks (A B A B ...)
+and the ratio reported is the median of the per-round ratios, so load that comes and goes hits
+both. Warm-up (and torch.compile's compile time, reported separately) is excluded. Results go
+to results/bench/bench.{md,json} with the machine's description (CPU, cores, threads, load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import ctypes
+import dataclasses
+import gc
+import importlib
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from dql.buffer import ReplayBuffer  # noqa: E402
+from dql.data import DatasetInfo, Transitions  # noqa: E402
+from dql.export import find_agent_class  # noqa: E402
+from dql.registry import ALGORITHMS  # noqa: E402
+
+OBSERVATION_DIM, ACTION_DIM, BATCH_SIZE, HIDDEN = 11, 3, 256, 256
+DATASET_SIZE, EPISODE_LENGTH = 20_000, 1000
+BENCH_ALGORITHMS = ("diffusion_ql", "td3bc", "iql", "cql", "bcq", "bc", "diffuser")
+SEEDS_BATCHED = 5
+
+
+# --------------------------------------------------------------------------- the machine
+
+
+def machine_description(threads: int) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    flags = ""
+    with contextlib.suppress(OSError):
+        flags = Path("/proc/cpuinfo").read_text()
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    description = {
+        "cpu": cpu,
+        "cores": cores,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "torch": torch.__version__,
+        "threads": threads,
+        "python": platform.python_version(),
+        "load_average_at_start": _load_average(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    with contextlib.suppress(ImportError):
+        import d3rlpy
+
+        description["d3rlpy"] = d3rlpy.__version__
+    return description
+
+
+def _load_average() -> list[float] | None:
+    with contextlib.suppress(OSError, AttributeError):
+        return [round(x, 2) for x in os.getloadavg()]
+    return None
+
+
+# --------------------------------------------------------------------------- synthetic data
+
+
+def synthetic_transitions(size: int = DATASET_SIZE, seed: int = 0) -> Transitions:
+    """Random Hopper-sized transitions in episodes of EPISODE_LENGTH steps."""
+    rng = np.random.default_rng(seed)
+    observations = rng.standard_normal((size + 1, OBSERVATION_DIM)).astype(np.float32)
+    episode_ids = np.arange(size) // EPISODE_LENGTH
+    timeouts = np.zeros(size, np.float32)
+    timeouts[EPISODE_LENGTH - 1 :: EPISODE_LENGTH] = 1.0
+    return Transitions(
+        observations=observations[:-1],
+        actions=rng.uniform(-1, 1, (size, ACTION_DIM)).astype(np.float32),
+        rewards=rng.standard_normal(size).astype(np.float32),
+        next_observations=observations[1:],
+        terminals=np.zeros(size, np.float32),
+        timeouts=timeouts,
+        episode_ids=episode_ids.astype(np.int64),
+        info=hopper_info(),
+    )
+
+
+def hopper_info() -> DatasetInfo:
+    return DatasetInfo(
+        dataset_id="bench/hopper/synthetic-v0",
+        source="memory",
+        observation_dim=OBSERVATION_DIM,
+        action_dim=ACTION_DIM,
+        action_low=-np.ones(ACTION_DIM, np.float32),
+        action_high=np.ones(ACTION_DIM, np.float32),
+        content_hash="synthetic",
+        env_id="Hopper-v5",
+    )
+
+
+# --------------------------------------------------------------------------- eager reference
+
+
+class _SinusoidalPosEmb(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        scale = math.log(10000) / (half - 1)
+        freqs = torch.exp(torch.arange(half, device=x.device) * -scale)
+        angles = x[:, None] * freqs[None, :]
+        return torch.cat((angles.sin(), angles.cos()), dim=-1)
+
+
+class _EagerDenoiser(nn.Module):
+    def __init__(self, state_dim: int, action_dim: int, hidden: int = HIDDEN, t_dim: int = 16):
+        super().__init__()
+        self.time_mlp = nn.Sequential(
+            _SinusoidalPosEmb(t_dim),
+            nn.Linear(t_dim, t_dim * 2),
+            nn.Mish(),
+            nn.Linear(t_dim * 2, t_dim),
+        )
+        self.mid_layer = nn.Sequential(
+            nn.Linear(state_dim + action_dim + t_dim, hidden),
+            nn.Mish(),
+            nn.Linear(hidden, hidden),
+            nn.Mish(),
+            nn.Linear(hidden, hidden),
+            nn.Mish(),
+        )
+        self.final_layer = nn.Linear(hidden, action_dim)
+
+    def forward(self, x: torch.Tensor, time: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        t = self.time_mlp(time)
+        return self.final_layer(self.mid_layer(torch.cat([x, t, state], dim=1)))
+
+
+def _extract(a: torch.Tensor, t: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
+    return a.gather(-1, t).reshape(t.shape[0], *((1,) * (len(x_shape) - 1)))
+
+
+class _EagerDiffusion(nn.Module):
+    """DDPM over actions, VP schedule, epsilon prediction, x0 clipped at every reverse step."""
+
+    def __init__(self, state_dim: int, action_dim: int, max_action: float, n_timesteps: int = 5):
+        super().__init__()
+        self.model = _EagerDenoiser(state_dim, action_dim)
+        self.action_dim, self.max_action, self.n_timesteps = action_dim, max_action, n_timesteps
+        i = np.arange(1, n_timesteps + 1)
+        alphas_np = np.exp(-0.1 / n_timesteps - 0.5 * 9.9 * (2 * i - 1) / n_timesteps**2)
+        betas = torch.tensor(1 - alphas_np, dtype=torch.float32)
+        alphas = 1.0 - betas
+        abar = torch.cumprod(alphas, 0)
+        abar_prev = torch.cat([torch.ones(1), abar[:-1]])
+        variance = betas * (1.0 - abar_prev) / (1.0 - abar)
+        self.register_buffer("sqrt_abar", abar.sqrt())
+        self.register_buffer("sqrt_one_minus_abar", (1.0 - abar).sqrt())
+        self.register_buffer("sqrt_recip_abar", (1.0 / abar).sqrt())
+        self.register_buffer("sqrt_recipm1_abar", (1.0 / abar - 1).sqrt())
+        self.register_buffer("log_variance", torch.log(variance.clamp(min=1e-20)))
+        self.register_buffer("coef1", betas * abar_prev.sqrt() / (1.0 - abar))
+        self.register_buffer("coef2", (1.0 - abar_prev) * alphas.sqrt() / (1.0 - abar))
+
+    def p_sample(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        eps = self.model(x, t, s)
+        x_recon = _extract(self.sqrt_recip_abar, t, x.shape) * x
+        x_recon = x_recon - _extract(self.sqrt_recipm1_abar, t, x.shape) * eps
+        x_recon.clamp_(-self.max_action, self.max_action)
+        mean = _extract(self.coef1, t, x.shape) * x_recon + _extract(self.coef2, t, x.shape) * x
+        noise = torch.randn_like(x)
+        nonzero = (1 - (t == 0).float()).reshape(x.shape[0], 1)
+        return mean + nonzero * (0.5 * _extract(self.log_variance, t, x.shape)).exp() * noise
+
+    def sample(self, state: torch.Tensor) -> torch.Tensor:
+        x = torch.randn(state.shape[0], self.action_dim, device=state.device)
+        for i in reversed(range(self.n_timesteps)):
+            t = torch.full((state.shape[0],), i, device=state.device, dtype=torch.long)
+            x = self.p_sample(x, t, state)
+        return x.clamp_(-self.max_action, self.max_action)
+
+    def loss(self, x_start: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        t = torch.randint(0, self.n_timesteps, (len(x_start),), device=x_start.device)
+        noise = torch.randn_like(x_start)
+        x_noisy = _extract(self.sqrt_abar, t, x_start.shape) * x_start
+        x_noisy = x_noisy + _extract(self.sqrt_one_minus_abar, t, x_start.shape) * noise
+        return F.mse_loss(self.model(x_noisy, t, state), noise)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return self.sample(state)
+
+
+class _EagerCritic(nn.Module):
+    def __init__(self, state_dim: int, action_dim: int, hidden: int = HIDDEN) -> None:
+        super().__init__()
+
+        def q() -> nn.Sequential:
+            return nn.Sequential(
+                nn.Linear(state_dim + action_dim, hidden),
+                nn.Mish(),
+                nn.Linear(hidden, hidden),
+                nn.Mish(),
+                nn.Linear(hidden, hidden),
+                nn.Mish(),
+                nn.Linear(hidden, 1),
+            )
+
+        self.q1_model, self.q2_model = q(), q()
+
+    def forward(self, state: torch.Tensor, action: torch.Tensor):
+        x = torch.cat([state, action], dim=-1)
+        return self.q1_model(x), self.q2_model(x)
+
+    def q_min(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        q1, q2 = self(state, action)
+        return torch.min(q1, q2)
+
+
+class EagerDiffusionQL:
+    """Diffusion-QL's training step and action selection written the obvious way, as the
+    published code is; the maths is that of dql.diffusion_ql with its defaults (grad-norm 9,
+    EMA copied before step 1000, cosine lr over 1M steps)."""
+
+    def __init__(
+        self, state_dim: int, action_dim: int, max_action: float = 1.0, device: str = "cpu"
+    ) -> None:
+        self.device = device
+        self.actor = _EagerDiffusion(state_dim, action_dim, max_action).to(device)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=3e-4)
+        self.ema_model = copy.deepcopy(self.actor)
+        self.critic = _EagerCritic(state_dim, action_dim).to(device)
+        self.critic_target = copy.deepcopy(self.critic)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=3e-4)
+        self.actor_lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.actor_optimizer, T_max=1_000_000, eta_min=0.0
+        )
+        self.critic_lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.critic_optimizer, T_max=1_000_000, eta_min=0.0
+        )
+        self.step = 0
+
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        state, action = batch["observations"], batch["actions"]
+        next_state, reward = batch["next_observations"], batch["rewards"][:, None]
+        not_done = 1.0 - batch["terminals"][:, None]
+        # Q training
+        current_q1, current_q2 = self.critic(state, action)
+        next_action = self.ema_model(next_state)
+        target_q1, target_q2 = self.critic_target(next_state, next_action)
+        target_q = (reward + not_done * 0.99 * torch.min(target_q1, target_q2)).detach()
+        critic_loss = F.mse_loss(current_q1, target_q) + F.mse_loss(current_q2, target_q)
+        self.critic_optimizer.zero_grad()
+        critic_loss.backward()
+        nn.utils.clip_grad_norm_(self.critic.parameters(), max_norm=9.0, norm_type=2)
+        self.critic_optimizer.step()
+        # policy training
+        bc_loss = self.actor.loss(action, state)
+        new_action = self.actor(state)
+        q1_new_action, q2_new_action = self.critic(state, new_action)
+        if np.random.uniform() > 0.5:
+            q_loss = -q1_new_action.mean() / q2_new_action.abs().mean().detach()
+        else:
+            q_loss = -q2_new_action.mean() / q1_new_action.abs().mean().detach()
+        actor_loss = bc_loss + 1.0 * q_loss
+        self.actor_optimizer.zero_grad()
+        actor_loss.backward()
+        nn.utils.clip_grad_norm_(self.actor.parameters(), max_norm=9.0, norm_type=2)
+        self.actor_optimizer.step()
+        # target networks
+        self.step += 1
+        if self.step % 5 == 0:
+            for param, ema_param in zip(self.actor.parameters(), self.ema_model.parameters()):
+                if self.step < 1000:
+                    ema_param.data.copy_(param.data)
+                else:
+                    ema_param.data = ema_param.data * 0.995 + (1 - 0.995) * param.data
+        for param, target_param in zip(self.critic.parameters(), self.critic_target.parameters()):
+            target_param.data.copy_(0.005 * param.data + (1 - 0.005) * target_param.data)
+        self.actor_lr_scheduler.step()
+        self.critic_lr_scheduler.step()
+        return {
+            "actor_loss": actor_loss.item(),
+            "bc_loss": bc_loss.item(),
+            "ql_loss": q_loss.item(),
+            "critic_loss": critic_loss.item(),
+        }
+
+    def act(self, observations: np.ndarray) -> np.ndarray:
+        """50 candidates per state, softmax over the target critics' min-Q."""
+        state = torch.as_tensor(np.asarray(observations, np.float32), device=self.device)
+        state_rpt = torch.repeat_interleave(state, repeats=50, dim=0)
+        with torch.no_grad():
+            action = self.actor.sample(state_rpt)
+            q_value = self.critic_target.q_min(state_rpt, action).view(-1, 50)
+            idx = torch.multinomial(F.softmax(q_value, dim=-1), 1)
+        picked = action.view(-1, 50, action.shape[-1])[torch.arange(len(state)), idx[:, 0]]
+        return picked.cpu().numpy()
+
+
+# --------------------------------------------------------------------------- d3rlpy references
+
+
+def d3rlpy_available() -> str | None:
+    """None when d3rlpy imports, else why not."""
+    try:
+        import d3rlpy  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install of its deps
+        return f"d3rlpy not importable ({type(exc).__name__}: {exc}); install it with `pip install --no-deps d3rlpy==2.8.1` and its deps (docs/environment-notes.md)"
+    return None
+
+
+def d3rlpy_algorithm(name: str, device: str, for_acting: bool = False) -> Any | None:
+    """d3rlpy's implementation of `name` at the sizes of ours, or None where it has none."""
+    import d3rlpy
+
+    vector = d3rlpy.models.encoders.VectorEncoderFactory
+    cuda = device.startswith("cuda")
+    dev = "cuda:0" if cuda else "cpu:0"
+    algos = d3rlpy.algos
+    if name == "td3bc":
+        config = algos.TD3PlusBCConfig(batch_size=BATCH_SIZE, alpha=2.5, update_actor_interval=2)
+    elif name == "iql":
+        config = algos.IQLConfig(batch_size=BATCH_SIZE, expectile=0.7, weight_temp=3.0)
+    elif name == "cql":
+        # no Lagrangian alpha (ours has none); 10 sampled actions; critics 256-256 like ours
+        config = algos.CQLConfig(
+            batch_size=BATCH_SIZE,
+            conservative_weight=5.0,
+            n_action_samples=10,
+            alpha_learning_rate=0.0,
+            actor_learning_rate=1e-4,
+        )
+    elif name == "bcq":
+        # ours: VAE 750-750, actor and critics 400-300, 10 actions in the target, 100 to act
+        config = algos.BCQConfig(
+            batch_size=BATCH_SIZE,
+            n_action_samples=100 if for_acting else 10,
+            actor_encoder_factory=vector(hidden_units=[400, 300]),
+            critic_encoder_factory=vector(hidden_units=[400, 300]),
+            imitator_encoder_factory=vector(hidden_units=[750, 750]),
+        )
+    elif name == "bc":
+        config = algos.BCConfig(batch_size=BATCH_SIZE, learning_rate=3e-4)
+    else:
+        return None
+    return config.create(device=dev)
+
+
+def d3rlpy_dataset(transitions: Transitions) -> Any:
+    import d3rlpy
+
+    return d3rlpy.dataset.MDPDataset(
+        observations=transitions.observations,
+        actions=transitions.actions,
+        rewards=transitions.rewards,
+        terminals=transitions.terminals,
+        timeouts=transitions.timeouts,
+        action_space=d3rlpy.constants.ActionSpace.CONTINUOUS,
+    )
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+def agent_config(name: str, device: str, **extra: Any) -> Any:
+    """The algorithm's Config at its defaults on `device`, plus the fields of `extra` it has."""
+    module = importlib.import_module(ALGORITHMS[name])
+    fields = {f.name for f in dataclasses.fields(module.Config)}
+    values = {k: v for k, v in extra.items() if k in fields}
+    return module.Config(device=device, progress=False, **values)
+
+
+def has_field(name: str, field: str) -> bool:
+    module = importlib.import_module(ALGORITHMS[name])
+    return field in {f.name for f in dataclasses.fields(module.Config)}
+
+
+def build_agent(name: str, device: str, buffer: ReplayBuffer, **extra: Any) -> Any:
+    module = importlib.import_module(ALGORITHMS[name])
+    config = agent_config(name, device, **extra)
+    agent = find_agent_class(module)(OBSERVATION_DIM, ACTION_DIM, 1.0, config)
+    if hasattr(agent, "setup"):
+        agent.setup(buffer)
+    return agent
+
+
+class Trainer:
+    """A thing that runs n training steps and then waits for the device: `run(n)`."""
+
+    def __init__(self, run: Callable[[int], None], label: str) -> None:
+        self.run, self.label = run, label
+
+
+def candidate_trainer(agent: Any, buffer: ReplayBuffer, device: str, label: str) -> Trainer:
+    """Steps as run_training takes them: sample, update, accumulate metrics; sync per chunk."""
+    sample = getattr(agent, "sample_batch", None) or (lambda buf, n: buf.sample(n))
+
+    def run(n: int) -> None:
+        accum: dict[str, torch.Tensor] = {}
+        for _ in range(n):
+            metrics = agent.update(sample(buffer, BATCH_SIZE))
+            for k, v in metrics.items():
+                v = v.detach().float()
+                accum[k] = accum[k] + v if k in accum else v
+        if accum:
+            torch.stack([v.mean() for v in accum.values()]).tolist()
+        _sync(device)
+
+    return Trainer(run, label)
+
+
+def eager_reference_trainer(ref: EagerDiffusionQL, buffer: ReplayBuffer, device: str) -> Trainer:
+    def run(n: int) -> None:
+        for _ in range(n):
+            ref.update(buffer.sample(BATCH_SIZE))  # .item() inside: synced every step
+        _sync(device)
+
+    return Trainer(run, "eager reference")
+
+
+def d3rlpy_trainer(algo: Any, dataset: Any, device: str) -> Trainer:
+    def run(n: int) -> None:
+        for _ in range(n):
+            algo.update(dataset.sample_transition_batch(BATCH_SIZE))
+        _sync(device)
+
+    return Trainer(run, "d3rlpy")
+
+
+def batched_seeds_trainer(agent: Any, buffer: ReplayBuffer, seeds: int, device: str) -> Trainer:
+    """S seeds in one model: S independent batches (one generator each) stacked to (S, B, ...)."""
+    generators = []
+    for seed in range(seeds):
+        generator = torch.Generator(device=buffer.device)
+        generator.manual_seed(seed)
+        generators.append(generator)
+
+    def run(n: int) -> None:
+        accum: dict[str, torch.Tensor] = {}
+        for _ in range(n):
+            batches = [buffer.sample(BATCH_SIZE, generator=g) for g in generators]
+            stacked = {k: torch.stack([b[k] for b in batches]) for k in batches[0]}
+            for k, v in agent.update(stacked).items():
+                v = v.detach().float()
+                accum[k] = accum[k] + v if k in accum else v
+        torch.stack([v.mean() for v in accum.values()]).tolist()
+        _sync(device)
+
+    return Trainer(run, f"{seeds} seeds batched")
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def warm_up(trainer: Trainer, steps: int) -> float:
+    """Run `steps` untimed steps (compilation happens here); return the seconds it took."""
+    started = time.perf_counter()
+    trainer.run(steps)
+    return time.perf_counter() - started
+
+
+def chunk_size(trainer: Trainer, seconds: float) -> int:
+    """Steps that take about `seconds` (from one timed step)."""
+    started = time.perf_counter()
+    trainer.run(1)
+    per_step = max(time.perf_counter() - started, 1e-5)
+    return max(1, int(seconds / per_step))
+
+
+def interleaved(
+    trainers: list[Trainer], seconds: float, rounds: int
+) -> tuple[list[float], list[list[float]]]:
+    """Steps/s of each trainer over `rounds` alternating chunks of ~seconds/rounds each.
+    Returns the overall rates and the per-round rates (for paired ratios)."""
+    sizes = [chunk_size(t, seconds / rounds) for t in trainers]
+    per_round: list[list[float]] = [[] for _ in trainers]
+    totals = [[0, 0.0] for _ in trainers]
+    for _ in range(rounds):
+        for index, (trainer, n) in enumerate(zip(trainers, sizes)):
+            started = time.perf_counter()
+            trainer.run(n)
+            elapsed = time.perf_counter() - started
+            per_round[index].append(n / elapsed)
+            totals[index][0] += n
+            totals[index][1] += elapsed
+    return [steps / elapsed for steps, elapsed in totals], per_round
+
+
+def paired_ratio(candidate: list[float], reference: list[float]) -> float:
+    """Median over rounds of candidate rate / reference rate (higher: candidate faster)."""
+    return float(np.median(np.asarray(candidate) / np.asarray(reference)))
+
+
+def time_calls(fn: Callable[[], Any], seconds: float, min_calls: int = 3) -> float:
+    """Median milliseconds per call over ~seconds, after one warm-up call; a call slower than
+    `seconds` (a planner) is timed once, by its warm-up."""
+    tic = time.perf_counter()
+    fn()
+    first = time.perf_counter() - tic
+    if first > seconds:
+        return first * 1000
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - started < seconds:
+        tic = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tic)
+        if len(times) >= 1000:
+            break
+    return float(np.median(times) * 1000)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _rss_kib(field: str) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return None
+
+
+def peak_memory_mib(run: Callable[[], None], device: str) -> tuple[float | None, str]:
+    """Memory the steps in `run` need on top of what is resident before them, in MiB:
+    CUDA max_memory_allocated; on CPU the resident-set high-water mark (VmHWM, reset through
+    /proc/self/clear_refs after returning freed heap to the OS), else the ru_maxrss delta."""
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        run()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20, "cuda max_memory_allocated"
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        base = _rss_kib("VmRSS")
+        run()
+        peak = _rss_kib("VmHWM")
+        if base is not None and peak is not None:
+            return (peak - base) / 1024, "VmHWM - VmRSS before"
+    except OSError:
+        pass
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (after - before) / 1024, "ru_maxrss delta (a lower bound)"
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def hopper_env_fn(max_episode_steps: int) -> Callable[[], Any]:
+    import gymnasium as gym
+
+    def make() -> Any:  # every episode runs max_episode_steps: same work in both modes
+        return gym.make(
+            "Hopper-v5", max_episode_steps=max_episode_steps, terminate_when_unhealthy=False
+        )
+
+    return make
+
+
+def episodes_per_second(
+    act: Callable[[np.ndarray], np.ndarray], episodes: int, max_steps: int, parallel: bool
+) -> float:
+    from dql.evaluation import evaluate
+
+    info, env_fn = hopper_info(), hopper_env_fn(max_steps)
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        if parallel:
+            evaluate(act, info, num_episodes=episodes, seed=0, env_fn=env_fn, progress=False)
+        else:
+            for episode in range(episodes):
+                evaluate(act, info, num_episodes=1, seed=episode, env_fn=env_fn, progress=False)
+    return episodes / (time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+@dataclasses.dataclass
+class Settings:
+    algorithms: list[str]
+    seconds: float
+    rounds: int
+    device: str
+    compile: bool
+    quick: bool
+    eval_episodes: int = 10
+    eval_steps: int = 100
+    warmup_steps: int = 5
+
+
+def bench_algorithm(name: str, s: Settings, buffer: ReplayBuffer, notes: list[str]) -> dict:
+    """Every measurement of one algorithm on one device."""
+    device = s.device
+    row: dict[str, Any] = {"algorithm": name, "device": device}
+    compiled = s.compile and has_field(name, "compile")
+    extra: dict[str, Any] = {"compile": compiled} if has_field(name, "compile") else {}
+    agent = build_agent(name, device, buffer, **extra)
+    candidate = candidate_trainer(agent, buffer, device, "ours")
+    row["compile"] = compiled
+    row["warmup_s"] = round(warm_up(candidate, s.warmup_steps), 2)
+
+    # the reference of this algorithm
+    reference: Trainer | None = None
+    ref_act: Callable[[np.ndarray], np.ndarray] | None = None
+    if name == "diffusion_ql":
+        torch.manual_seed(0)
+        eager = EagerDiffusionQL(OBSERVATION_DIM, ACTION_DIM, 1.0, device)
+        reference, ref_act = eager_reference_trainer(eager, buffer, device), eager.act
+        row["reference"] = "eager reference (this file)"
+    elif d3rlpy_available() is None:
+        algo = d3rlpy_algorithm(name, device)
+        if algo is not None:
+            dataset = d3rlpy_dataset(_transitions_of(buffer))
+            algo.build_with_dataset(dataset)
+            reference = d3rlpy_trainer(algo, dataset, device)
+            acting = d3rlpy_algorithm(name, device, for_acting=True)
+            acting.build_with_dataset(dataset)
+            ref_act = acting.predict
+            row["reference"] = "d3rlpy " + type(algo).__name__
+    if reference is None:
+        row["reference"] = None
+    if reference is not None:
+        warm_up(reference, max(2, s.warmup_steps // 2))
+
+    # training throughput, A B A B
+    trainers = [reference, candidate] if reference is not None else [candidate]
+    rates, per_round = interleaved(trainers, s.seconds * len(trainers), s.rounds)
+    row["steps_per_s"] = round(rates[-1], 2)
+    if reference is not None:
+        row["reference_steps_per_s"] = round(rates[0], 2)
+        row["train_ratio"] = round(paired_ratio(per_round[1], per_round[0]), 3)
+
+    # action selection: ms per call on 1 and 10 observations
+    rng = np.random.default_rng(0)
+    for batch in (1, 10):
+        if batch > 1 and row["act_ms_1"] > 2000:  # a planner: 10 plans would take minutes
+            notes.append(f"{name}: act on 10 observations not timed (one takes {row['act_ms_1']:.0f} ms)")
+            break
+        obs = rng.standard_normal((batch, OBSERVATION_DIM)).astype(np.float32)
+        budget = s.seconds / 4
+        with torch.no_grad():
+            mine = time_calls(lambda o=obs: agent.act(o), budget)
+            row[f"act_ms_{batch}"] = round(mine, 3)
+            if ref_act is not None:
+                theirs = time_calls(lambda o=obs: ref_act(o), budget)
+                row[f"reference_act_ms_{batch}"] = round(theirs, 3)
+                row[f"act_ratio_{batch}"] = round(theirs / mine, 3)
+
+    # peak memory of training steps
+    steps = max(2, s.warmup_steps)
+    mib, how = peak_memory_mib(lambda: candidate.run(steps), device)
+    row["peak_mib"] = None if mib is None else round(mib, 1)
+    row["memory_method"] = how
+    if reference is not None:
+        ref_mib, _ = peak_memory_mib(lambda: reference.run(steps), device)
+        row["reference_peak_mib"] = None if ref_mib is None else round(ref_mib, 1)
+        if mib and ref_mib:
+            row["memory_ratio"] = round(ref_mib / mib, 3)
+    return row
+
+
+def _transitions_of(buffer: ReplayBuffer) -> Transitions:
+    return synthetic_transitions(buffer.size)
+
+
+def bench_evaluation(name: str, s: Settings, buffer: ReplayBuffer) -> dict[str, Any]:
+    """Episodes/s: 10 in parallel through dql.evaluation.evaluate vs one after another; for
+    Diffusion-QL also against the eager reference one episode after another."""
+    extra = {"compile": s.compile} if has_field(name, "compile") else {}
+    agent = build_agent(name, s.device, buffer, **extra)
+    n, steps = s.eval_episodes, s.eval_steps
+    episodes_per_second(agent.act, 1, 2, parallel=False)  # warm-up: envs, act caches
+    episodes_per_second(agent.act, n, 2, parallel=True)
+    rates: dict[str, list[float]] = {"parallel": [], "sequential": [], "reference": []}
+    reference = None
+    if name == "diffusion_ql":
+        torch.manual_seed(0)
+        reference = EagerDiffusionQL(OBSERVATION_DIM, ACTION_DIM, 1.0, s.device)
+    for _ in range(max(1, s.rounds // 2)):  # A B A B
+        rates["parallel"].append(episodes_per_second(agent.act, n, steps, parallel=True))
+        rates["sequential"].append(episodes_per_second(agent.act, n, steps, parallel=False))
+        if reference is not None:
+            rates["reference"].append(
+                episodes_per_second(reference.act, n, steps, parallel=False)
+            )
+    row: dict[str, Any] = {
+        "algorithm": name,
+        "device": s.device,
+        "episodes": n,
+        "episode_steps": steps,
+        "parallel_episodes_per_s": round(float(np.mean(rates["parallel"])), 3),
+        "sequential_episodes_per_s": round(float(np.mean(rates["sequential"])), 3),
+        "parallel_vs_sequential": round(paired_ratio(rates["parallel"], rates["sequential"]), 3),
+    }
+    if reference is not None:
+        row["reference_sequential_episodes_per_s"] = round(float(np.mean(rates["reference"])), 3)
+        row["parallel_vs_reference_sequential"] = round(
+            paired_ratio(rates["parallel"], rates["reference"]), 3
+        )
+    return row
+
+
+def bench_batched_seeds(s: Settings, buffer: ReplayBuffer, notes: list[str]) -> dict | None:
+    """Diffusion-QL: wall time of one step of S seeds as one model over one step of one seed."""
+    module = importlib.import_module(ALGORITHMS["diffusion_ql"])
+    agent_cls = find_agent_class(module)
+    import inspect
+
+    if "seeds" not in inspect.signature(agent_cls).parameters:
+        notes.append("batched seeds: the Diffusion-QL agent takes no `seeds`; not measured")
+        return None
+    extra = {"compile": s.compile} if has_field("diffusion_ql", "compile") else {}
+    config = agent_config("diffusion_ql", s.device, **extra)
+    single = agent_cls(OBSERVATION_DIM, ACTION_DIM, 1.0, config)
+    batched = agent_cls(
+        OBSERVATION_DIM, ACTION_DIM, 1.0, config, seeds=list(range(SEEDS_BATCHED))
+    )
+    one = candidate_trainer(single, buffer, s.device, "1 seed")
+    many = batched_seeds_trainer(batched, buffer, SEEDS_BATCHED, s.device)
+    warm = {"1 seed": warm_up(one, s.warmup_steps), "batched": warm_up(many, s.warmup_steps)}
+    rates, per_round = interleaved([one, many], 2 * s.seconds, s.rounds)
+    # wall time of a batched step over a single step = rate_1 / rate_S
+    ratio = float(np.median(np.asarray(per_round[0]) / np.asarray(per_round[1])))
+    return {
+        "seeds": SEEDS_BATCHED,
+        "device": s.device,
+        "compile": bool(extra.get("compile")),
+        "single_steps_per_s": round(rates[0], 2),
+        "batched_steps_per_s": round(rates[1], 2),
+        "batched_time_over_single": round(ratio, 3),
+        "seed_steps_per_s_gain": round(SEEDS_BATCHED / ratio, 3),
+        "warmup_s": {k: round(v, 1) for k, v in warm.items()},
+    }
+
+
+def matmul_gflops(device: str, seconds: float) -> float:
+    """fp32 256x256x256 matmul rate on this device now: the ceiling for MLP training steps."""
+    a = torch.randn(BATCH_SIZE, HIDDEN, device=device)
+    b = torch.randn(HIDDEN, HIDDEN, device=device)
+
+    def call() -> None:
+        for _ in range(20):
+            a @ b
+        _sync(device)
+
+    ms = time_calls(call, seconds)
+    return 2 * BATCH_SIZE * HIDDEN * HIDDEN * 20 / (ms / 1000) / 1e9
+
+
+def diffusion_ql_gflop_per_step(n_timesteps: int = 5) -> float:
+    """Multiply-adds of one Diffusion-QL step at the bench's sizes, x2 (forward 1, backward 2
+    per layer; critic weight gradients skipped in the actor step)."""
+    denoiser = (ACTION_DIM + 16 + OBSERVATION_DIM) * HIDDEN + 2 * HIDDEN * HIDDEN
+    denoiser += HIDDEN * ACTION_DIM
+    critic = 2 * ((OBSERVATION_DIM + ACTION_DIM) * HIDDEN + 2 * HIDDEN * HIDDEN + HIDDEN)
+    macs = n_timesteps * denoiser  # target actions (EMA actor, no grad)
+    macs += critic  # target critics
+    macs += 3 * critic  # critic forward + backward
+    macs += 3 * denoiser  # denoising loss forward + backward
+    macs += 3 * n_timesteps * denoiser  # sampled actions with gradients
+    macs += 2 * critic  # Q of the sampled actions: forward + input gradients
+    return 2 * macs * BATCH_SIZE / 1e9
+
+
+# --------------------------------------------------------------------------- report
+
+
+def write_report(result: dict[str, Any], out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = ["# Benchmark", ""]
+    m = result["machine"]
+    lines += [
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} thread(s), "
+        f"load average at start {m['load_average_at_start']}, at end {m.get('load_average_at_end')}"
+        + (f", GPU {m['cuda']}" if m.get("cuda") else ""),
+        f"Settings: {result['settings']}",
+        "",
+        "Ratios are candidate / reference (x: times faster, or less memory); each is the "
+        "median of paired A B rounds in this run.",
+        "",
+        "## Training (gradient steps/s, batch 256)",
+        "",
+        "| algorithm | device | compile | ours steps/s | reference | ref steps/s | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["algorithms"]:
+        lines.append(
+            f"| {r['algorithm']} | {r['device']} | {r['compile']} | {r['steps_per_s']} | "
+            f"{r['reference'] or '-'} | {r.get('reference_steps_per_s', '-')} | "
+            f"{_x(r.get('train_ratio'))} |"
+        )
+    if result.get("diffusion_ql_efficiency"):
+        e = result["diffusion_ql_efficiency"]
+        lines += [
+            "",
+            f"Diffusion-QL: {e['gflop_per_step']:.2f} GFLOP per step; ours at "
+            f"{e['ours_gflops']:.0f} GFLOP/s = {100 * e['ours_fraction']:.0f}% and the reference "
+            f"at {100 * e['reference_fraction']:.0f}% of the fp32 256^3 matmul rate measured "
+            f"now ({e['matmul_gflops']:.0f} GFLOP/s).",
+        ]
+    lines += [
+        "",
+        "## Action selection (ms per act call)",
+        "",
+        "| algorithm | ours 1 obs | ref 1 obs | ratio | ours 10 obs | ref 10 obs | ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["algorithms"]:
+        lines.append(
+            f"| {r['algorithm']} | {r['act_ms_1']} | {r.get('reference_act_ms_1', '-')} | "
+            f"{_x(r.get('act_ratio_1'))} | {r.get('act_ms_10', '-')} | {r.get('reference_act_ms_10', '-')} "
+            f"| {_x(r.get('act_ratio_10'))} |"
+        )
+    lines += [
+        "",
+        "## Peak memory of training steps (MiB above the resident set before them)",
+        "",
+        "| algorithm | ours | reference | ratio | method |",
+        "|---|---|---|---|---|",
+    ]
+    for r in result["algorithms"]:
+        lines.append(
+            f"| {r['algorithm']} | {r['peak_mib']} | {r.get('reference_peak_mib', '-')} | "
+            f"{_x(r.get('memory_ratio'))} | {r['memory_method']} |"
+        )
+    if result.get("evaluation"):
+        lines += [
+            "",
+            "## Evaluation (episodes/s, Hopper-v5)",
+            "",
+            "| algorithm | episodes x steps | parallel | one after another | ratio | "
+            "reference one after another | ratio |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in result["evaluation"]:
+            lines.append(
+                f"| {r['algorithm']} | {r['episodes']} x {r['episode_steps']} | "
+                f"{r['parallel_episodes_per_s']} | {r['sequential_episodes_per_s']} | "
+                f"{_x(r['parallel_vs_sequential'])} | "
+                f"{r.get('reference_sequential_episodes_per_s', '-')} | "
+                f"{_x(r.get('parallel_vs_reference_sequential'))} |"
+            )
+    if result.get("batched_seeds"):
+        b = result["batched_seeds"]
+        lines += [
+            "",
+            "## Batched seeds (Diffusion-QL)",
+            "",
+            f"{b['seeds']} seeds as one model: {b['batched_steps_per_s']} steps/s against "
+            f"{b['single_steps_per_s']} for one seed ({b['device']}, compile {b['compile']}): "
+            f"a batched step costs {b['batched_time_over_single']}x a single-seed step, "
+            f"{b['seed_steps_per_s_gain']}x the seed-steps per second of one seed at a time.",
+        ]
+    if result["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in result["notes"]]
+    path = out / "bench.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a few steps of each (smoke test)")
+    parser.add_argument(
+        "--algorithms", nargs="+", default=None, help=f"subset of {' '.join(BENCH_ALGORITHMS)}"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="seconds per implementation per measurement"
+    )
+    parser.add_argument("--rounds", type=int, default=None, help="A B rounds per measurement")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda", "both"), default="both", help="both: cuda if present"
+    )
+    parser.add_argument("--no-compile", action="store_true", help="measure without torch.compile")
+    parser.add_argument("--no-eval", action="store_true", help="skip the evaluation measurement")
+    parser.add_argument("--out", default=str(ROOT / "results" / "bench"), help="output directory")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    algorithms = args.algorithms or list(BENCH_ALGORITHMS)
+    unknown = [a for a in algorithms if a not in BENCH_ALGORITHMS]
+    if unknown:
+        print(f"error: unknown algorithm(s) {unknown}; choose from {BENCH_ALGORITHMS}")
+        return 2
+    torch.set_num_threads(max(1, args.threads))
+    devices = ["cpu"]
+    if args.device in ("cuda", "both") and torch.cuda.is_available():
+        devices = ["cuda"] if args.device == "cuda" else ["cpu", "cuda"]
+    elif args.device == "cuda":
+        print("error: --device cuda but CUDA is not available")
+        return 2
+    quick = args.quick
+    seconds = args.seconds if args.seconds is not None else (0.3 if quick else 3.0)
+    rounds = args.rounds if args.rounds is not None else (2 if quick else 4)
+    notes: list[str] = []
+    missing = d3rlpy_available()
+    if missing:
+        notes.append(f"baseline references skipped: {missing}")
+    compile_on = not (args.no_compile or quick)
+    if quick:
+        notes.append("--quick: a few steps each, no torch.compile; numbers are only a smoke test")
+    result: dict[str, Any] = {
+        "machine": machine_description(torch.get_num_threads()),
+        "settings": {
+            "batch_size": BATCH_SIZE,
+            "hidden": HIDDEN,
+            "observation_dim": OBSERVATION_DIM,
+            "action_dim": ACTION_DIM,
+            "seconds": seconds,
+            "rounds": rounds,
+            "quick": quick,
+            "compile": compile_on,
+        },
+        "algorithms": [],
+        "evaluation": [],
+        "batched_seeds": None,
+        "notes": notes,
+    }
+    buffers = {}
+    started = time.perf_counter()
+    for device in devices:
+        buffer = ReplayBuffer(synthetic_transitions(), device=device, seed=0)
+        buffers[device] = buffer
+        s = Settings(
+            algorithms,
+            seconds,
+            rounds,
+            device,
+            compile_on,
+            quick,
+            eval_episodes=10,
+            eval_steps=10 if quick else 100,
+            warmup_steps=2 if quick else 5,
+        )
+        for name in algorithms:
+            print(f"[{time.perf_counter() - started:6.1f}s] {name} on {device}", flush=True)
+            try:
+                row = bench_algorithm(name, s, buffer, notes)
+            except Exception as exc:  # one broken algorithm does not lose the others' numbers
+                notes.append(f"{name} on {device}: failed ({type(exc).__name__}: {exc})")
+                continue
+            result["algorithms"].append(row)
+            print(f"    {row}", flush=True)
+        if "diffusion_ql" in algorithms:
+            print(f"[{time.perf_counter() - started:6.1f}s] batched seeds on {device}", flush=True)
+            batched = bench_batched_seeds(s, buffer, notes)
+            if batched is not None and (result["batched_seeds"] is None or device == "cpu"):
+                result["batched_seeds"] = batched
+            print(f"    {batched}", flush=True)
+        if not args.no_eval and device == "cpu":
+            for name in [a for a in ("diffusion_ql", "td3bc") if a in algorithms]:
+                print(f"[{time.perf_counter() - started:6.1f}s] evaluation {name}", flush=True)
+                row = bench_evaluation(name, s, buffer)
+                result["evaluation"].append(row)
+                print(f"    {row}", flush=True)
+    dql_rows = [r for r in result["algorithms"] if r["algorithm"] == "diffusion_ql"]
+    if dql_rows and dql_rows[0].get("reference_steps_per_s"):
+        row = dql_rows[0]
+        peak = matmul_gflops(row["device"], min(1.0, seconds))
+        gflop = diffusion_ql_gflop_per_step()
+        result["diffusion_ql_efficiency"] = {
+            "gflop_per_step": gflop,
+            "matmul_gflops": peak,
+            "ours_gflops": gflop * row["steps_per_s"],
+            "ours_fraction": gflop * row["steps_per_s"] / peak,
+            "reference_fraction": gflop * row["reference_steps_per_s"] / peak,
+        }
+    result["machine"]["load_average_at_end"] = _load_average()
+    result["wall_time_s"] = round(time.perf_counter() - started, 1)
+    path = write_report(result, Path(args.out))
+    print(path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
