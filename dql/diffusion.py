@@ -13,9 +13,12 @@ in code (i = 0..T-1 stands for the paper's 1..T). Sampling is an ordinary differ
 computation: call it under `torch.no_grad()` when no gradient is wanted; otherwise gradients
 flow through every reverse step (Diffusion-QL's Q term needs that).
 
-Hot-loop notes: every schedule constant is a precomputed buffer, the reverse loop runs T
-batched denoiser calls with one shared time index (no per-sample Python, no host syncs), and
-all noise comes from torch's RNG, so a seeded run is reproducible.
+Rows are the second-to-last dimension: x_0 (B, A) with states (B, obs), or with leading
+dimensions, e.g. (S, B, A) for S seeds trained as one model (dql.diffusion_ql); the loss is then
+one mean per leading index. Hot-loop notes: every schedule constant is a precomputed buffer, the
+reverse loop runs T batched denoiser calls with one shared time index (no per-sample Python, no
+host syncs), and all noise comes from torch's RNG unless passed in (`t`, `noise`), so a seeded
+run is reproducible and a caller can draw the noise itself (per seed, outside a compiled graph).
 """
 
 from __future__ import annotations
@@ -70,20 +73,20 @@ def beta_schedule(name: str, num_steps: int) -> np.ndarray:
 
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Transformer-style sinusoidal embedding of (float) time indices: (B,) -> (B, dim)."""
+    """Transformer-style sinusoidal embedding of (float) time indices: (...) -> (..., dim)."""
     half = dim // 2
     scale = math.log(10000) / (half - 1)
     freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * -scale)
-    angles = t.float()[:, None] * freqs[None, :]
+    angles = t.float()[..., None] * freqs
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
 class Diffusion(nn.Module):
     """pi(a | s) as a DDPM with epsilon prediction.
 
-    `denoiser(x_t, t, state) -> eps_hat` takes x_t (B, action_dim), integer steps t and states
-    (B, obs_dim). t is (B,) in the loss; in the reverse chain every row shares the step, and
-    t is passed as shape (1,) so a denoiser may embed it once and broadcast.
+    `denoiser(x_t, t, state) -> eps_hat` takes x_t (..., B, action_dim), integer steps t and
+    states (..., B, obs_dim). t is (..., B) in the loss; in the reverse chain every row shares
+    the step, and t is passed as shape (1,) so a denoiser may embed it once and broadcast.
     """
 
     def __init__(
@@ -127,18 +130,28 @@ class Diffusion(nn.Module):
     # ------------------------------------------------------------------ forward process
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, per-row steps t: (B,)."""
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise, per-row steps t: x0.shape[:-1]."""
         return (
             self.sqrt_alphas_cumprod[t, None] * x0
             + self.sqrt_one_minus_alphas_cumprod[t, None] * noise
         )
 
-    def loss(self, x0: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """L_bc: mean squared error of the predicted noise, t uniform over the T steps."""
-        t = torch.randint(0, self.num_steps, (x0.shape[0],), device=x0.device)
-        noise = torch.randn_like(x0)
+    def loss(
+        self,
+        x0: torch.Tensor,
+        state: torch.Tensor,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """L_bc: mean squared error of the predicted noise, t uniform over the T steps. x0
+        (B, A) gives a scalar, x0 (..., B, A) one mean per leading index. `t` (x0.shape[:-1])
+        and `noise` (like x0) fix the draws."""
+        if t is None:
+            t = torch.randint(0, self.num_steps, x0.shape[:-1], device=x0.device)
+        if noise is None:
+            noise = torch.randn_like(x0)
         predicted = self.denoiser(self.q_sample(x0, t, noise), t, state)
-        return (predicted - noise).square().mean()
+        return (predicted - noise).square().mean(dim=(-2, -1))
 
     # ------------------------------------------------------------------ reverse process
 
@@ -149,21 +162,21 @@ class Diffusion(nn.Module):
         return x0
 
     def sample(self, state: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """a_0 ~ pi(. | s) for each row of `state` (B, obs_dim) -> (B, action_dim).
+        """a_0 ~ pi(. | s) for each row of `state` (..., B, obs_dim) -> (..., B, action_dim).
 
         Differentiable w.r.t. the denoiser through all T steps unless run under no_grad.
-        `noise` (B, action_dim) optionally fixes x_T."""
-        x = (
-            torch.randn(state.shape[0], self.action_dim, device=state.device, dtype=state.dtype)
-            if noise is None
-            else noise
-        )
-        for i in reversed(range(self.num_steps)):
+        `noise` (T, ..., B, action_dim) fixes the draws: noise[0] is x_T and noise[j] the z
+        added by the j-th of the T reverse steps (j = 1..T-1; the last one adds none)."""
+        if noise is None:
+            shape = (self.num_steps, *state.shape[:-1], self.action_dim)
+            noise = torch.randn(shape, device=state.device, dtype=state.dtype)
+        x = noise[0]
+        for j, i in enumerate(reversed(range(self.num_steps))):
             eps = self.denoiser(x, self.timesteps[i : i + 1], state)
             x0 = self.predict_x0(x, i, eps)
             x = self.posterior_mean_coef1[i] * x0 + self.posterior_mean_coef2[i] * x
             if i > 0:
-                x = x + self.posterior_std[i] * torch.randn_like(x)
+                x = x + self.posterior_std[i] * noise[j + 1]
         return x.clamp(-self.max_action, self.max_action)
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:

@@ -24,16 +24,20 @@ def _tanh_softplus(x: torch.Tensor) -> torch.Tensor:
 class _MishFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
-        t = _tanh_softplus(x)
-        ctx.save_for_backward(x, t)
+        e = x.clamp(max=20.0).exp()
+        n = e * (e + 2.0)
+        r = 1.0 / (n + 2.0)
+        t = n * r  # tanh(softplus(x))
+        # The derivative, saved instead of (x, t): one tensor kept, one exp, backward one multiply.
+        # d/dx [x tanh(softplus(x))] = t + x sigmoid(x) (1 - t^2) = t + 4 x e (1 + e) r^2
+        ctx.save_for_backward(t + 4.0 * x * e * (1.0 + e) * r * r)
         return x * t
 
     @staticmethod
-    @torch.autograd.function.once_differentiable  # t is saved without a graph: no 2nd order
+    @torch.autograd.function.once_differentiable  # saved without a graph: no 2nd order
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
-        x, t = ctx.saved_tensors
-        # d/dx [x tanh(softplus(x))] = t + x sigmoid(x) (1 - t^2)
-        return grad * (t + x * torch.sigmoid(x) * (1.0 - t * t))
+        (derivative,) = ctx.saved_tensors
+        return grad * derivative
 
 
 class Mish(nn.Module):
@@ -87,12 +91,17 @@ class EnsembleLinear(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(ensemble_size, in_dim, out_dim))
         self.bias = nn.Parameter(torch.empty(ensemble_size, 1, out_dim))
+        self.scalar_output = out_dim == 1  # a Python bool: no tensor-to-bool when traced
         # Same distribution as nn.Linear's default init, drawn independently per member.
         bound = 1.0 / math.sqrt(in_dim)
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scalar_output:
+            # a scalar head (critics): batched matrix-vector products are slow bmm kernels on
+            # CPU (forward and both gradients); a multiply and a sum are ~3x faster
+            return (x * self.weight.transpose(1, 2)).sum(-1, keepdim=True) + self.bias
         return torch.baddbmm(self.bias, x, self.weight)
 
 
@@ -171,9 +180,10 @@ def hard_update(
 
 
 def make_optimizer(params: Iterable[torch.Tensor], lr: float, **kwargs: float) -> torch.optim.Adam:
-    """Adam with the foreach (multi-tensor) implementation; fused on CUDA."""
+    """Adam with the fused implementation (CUDA, and CPU from torch 2.4 on: ~3x faster than
+    foreach there, same update to float rounding); else the foreach (multi-tensor) one."""
     params = list(params)
-    on_cuda = bool(params) and params[0].is_cuda
-    if on_cuda:
+    try:
         return torch.optim.Adam(params, lr=lr, fused=True, **kwargs)
-    return torch.optim.Adam(params, lr=lr, foreach=True, **kwargs)
+    except RuntimeError:  # torch < 2.4 on CPU: no fused kernel
+        return torch.optim.Adam(params, lr=lr, foreach=True, **kwargs)

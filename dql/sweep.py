@@ -36,9 +36,11 @@ requesting `--cpus-per-run`/`--gpus-per-run`; Ray does the scheduling. Run direc
 a filesystem every Ray node sees.
 
 Batched seeds: `plan_jobs` turns the runs into jobs, a job being the runs one worker process
-trains. Today every job is one run. Training several seeds in one process means returning
-`group_by_task(runs).values()` from `plan_jobs` and teaching `run_job` to hand a group to a
-batched trainer; nothing else here changes.
+trains: one run each, or with `--batched-seeds` the seeds of one (algorithm, dataset) together
+for algorithms that train seeds as one model (Diffusion-QL; dql.batched_seeds). `run_job` hands
+such a group to `dql.batched_seeds.run_batched`; each seed still writes its own run directory,
+so status, resumption and tables do not change. A group takes one worker (give it
+--cpus-per-run threads); on the Ray backend it is one task.
 """
 
 from __future__ import annotations
@@ -294,10 +296,25 @@ def group_by_task(runs: Iterable[RunSpec]) -> dict[tuple[str, str], list[RunSpec
     return groups
 
 
-def plan_jobs(runs: Sequence[RunSpec]) -> list[list[RunSpec]]:
-    """The runs one worker process trains, in launch order. One run per job for now (see the
-    module docstring for batched seeds)."""
-    return [[run] for run in runs]
+def plan_jobs(runs: Sequence[RunSpec], batched_seeds: bool = False) -> list[list[RunSpec]]:
+    """The runs one worker process trains, in launch order: one run per job, or with
+    `batched_seeds` the seeds of one task together where the algorithm can batch them."""
+    if not batched_seeds:
+        return [[run] for run in runs]
+    jobs: list[list[RunSpec]] = []
+    for group in group_by_task(runs).values():
+        if len(group) > 1 and _batches_seeds(group[0]):
+            jobs.append(group)
+        else:
+            jobs.extend([run] for run in group)
+    return jobs
+
+
+def _batches_seeds(spec: RunSpec) -> bool:
+    from dql.batched_seeds import supports_batched_seeds
+    from dql.export import find_agent_class
+
+    return supports_batched_seeds(find_agent_class(importlib.import_module(spec.module)))
 
 
 def run_state(run_dir: str | os.PathLike) -> str:
@@ -411,11 +428,65 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
 
 
 def run_job(specs: Sequence[RunSpec], num_threads: int = 1) -> list[dict[str, Any]]:
-    """Train a job's runs one after another in this process (the batched-seeds hook)."""
+    """Train a job's runs in this process: one run, or a group of seeds batched into one model."""
     import torch
 
     torch.set_num_threads(max(1, num_threads))
+    if len(specs) > 1:
+        return run_batched_seeds(specs)
     return [run_one(spec) for spec in specs]
+
+
+def run_batched_seeds(specs: Sequence[RunSpec]) -> list[dict[str, Any]]:
+    """Train the seeds of one task as one batched model (dql.batched_seeds); each run's outcome
+    as `run_one` reports it. Runs locked by another process are left to it."""
+    from dql.batched_seeds import run_batched
+    from dql.errors import DivergenceError
+    from dql.runs import RunDirectory
+    from dql.training import TrainingInterrupted
+
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        held = [s for s in specs if stack.enter_context(_run_lock(Path(s.run_dir)))]
+        outcomes = {
+            s.key: _outcome(s, "busy", error="another process is training this run")
+            for s in specs
+            if s not in held
+        }
+        try:
+            configs = [
+                importlib.import_module(s.module).Config(
+                    **{**s.config, "resume": (Path(s.run_dir) / "config.json").exists()}
+                )
+                for s in held
+            ]
+            results: list[Any] = run_batched(configs) if configs else []
+        except Exception as exc:  # the group could not start
+            traceback.print_exc()
+            results = [exc] * len(held)
+        elapsed = time.perf_counter() - started
+        for spec, result in zip(held, results):
+            run = RunDirectory(spec.run_dir)
+            if isinstance(result, dict):
+                outcomes[spec.key] = _outcome(
+                    spec,
+                    "complete",
+                    final_score=result.get("final_score"),
+                    best_score=result.get("best_score"),
+                    wall_time=elapsed,
+                )
+            elif isinstance(result, (TrainingInterrupted, KeyboardInterrupt)):
+                outcomes[spec.key] = _outcome(spec, "interrupted", error=str(result) or None)
+            else:
+                error = f"{type(result).__name__}: {result}"
+                if isinstance(result, (UserError, DivergenceError)):
+                    error = str(result)
+                if run.status().get("status") != "failed":
+                    run.set_status("failed", step=0, error=error)
+                else:
+                    error = run.status().get("error", error)
+                outcomes[spec.key] = _outcome(spec, "failed", error=error)
+    return [outcomes[s.key] for s in specs]
 
 
 def _outcome(spec: RunSpec, status: str, **fields: Any) -> dict[str, Any]:
@@ -629,6 +700,10 @@ class RayBackend:
 
 
 def _ray_job(job: list[RunSpec], num_threads: int) -> list[dict[str, Any]]:
+    if len(job) > 1:  # batched seeds: one process for the group, logged with its first seed
+        job, batched = job[:1], job
+    else:
+        batched = None
     outcomes = []
     for spec in job:
         log_path = Path(spec.run_dir) / RUN_LOG
@@ -639,7 +714,7 @@ def _ray_job(job: list[RunSpec], num_threads: int) -> list[dict[str, Any]]:
             contextlib.redirect_stderr(log),
         ):
             print(f"--- {_now()} ray worker started", flush=True)
-            outcomes.extend(run_job([spec], num_threads))
+            outcomes.extend(run_job(batched or [spec], num_threads))
     return outcomes
 
 
@@ -675,6 +750,7 @@ def run_sweep(
     gpus_per_run: float = 0.0,
     dry_run: bool = False,
     echo: Any = print,
+    batched_seeds: bool = False,
 ) -> SweepReport:
     """Run every run of `sweep` that is not complete yet (see the module docstring)."""
     if backend not in ("local", "ray"):
@@ -751,7 +827,7 @@ def run_sweep(
         _log(out, line)
         echo(f"[{done_count:>{len(str(len(to_run)))}}/{len(to_run)}] {line}")
 
-    jobs = plan_jobs(to_run)
+    jobs = plan_jobs(to_run, batched_seeds)
     report.launched = len(to_run)
     runner = (
         LocalBackend(n_workers, cpus_per_run, echo)
@@ -906,6 +982,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cpus-per-run", type=int, default=1, help="CPU threads per run")
     parser.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs per run (Ray)")
     parser.add_argument("--dry-run", action="store_true", help="check the file, show the plan")
+    parser.add_argument(
+        "--batched-seeds",
+        action="store_true",
+        help="train the seeds of a task as one batched model where the algorithm can",
+    )
     args = parser.parse_args(argv)
     try:
         sweep = load_sweep(args.file)
@@ -920,6 +1001,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cpus_per_run=args.cpus_per_run,
             gpus_per_run=args.gpus_per_run,
             dry_run=args.dry_run,
+            batched_seeds=args.batched_seeds,
         )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

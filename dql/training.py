@@ -219,6 +219,7 @@ class _GracefulStop:
     def __enter__(self) -> _GracefulStop:
         self.requested: str | None = None
         self.previous: dict[int, Any] = {}
+        _RUNNING_LOOPS.add(self)
         if _in_main_thread():
             for name in ("SIGINT", "SIGTERM"):
                 signum = getattr(signal, name, None)
@@ -239,8 +240,21 @@ class _GracefulStop:
             pass
 
     def __exit__(self, *exc: Any) -> None:
+        _RUNNING_LOOPS.discard(self)
         for signum, handler in self.previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+_RUNNING_LOOPS: set[_GracefulStop] = set()
+
+
+def request_stop(reason: str = "SIGTERM") -> None:
+    """Ask every training loop running in this process, in any thread, to stop after its
+    current step and checkpoint, as a first Ctrl-C does for the main thread's loop (loops in
+    other threads see no signals: dql.batched_seeds forwards them this way)."""
+    for loop in list(_RUNNING_LOOPS):
+        if loop.requested is None:
+            loop.requested = reason
 
 
 def _in_main_thread() -> bool:

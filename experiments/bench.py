@@ -563,6 +563,25 @@ def time_calls(fn: Callable[[], Any], seconds: float, min_calls: int = 3) -> flo
     return float(np.median(times) * 1000)
 
 
+def time_call_pairs(
+    mine: Callable[[], Any], theirs: Callable[[], Any], seconds: float
+) -> tuple[float, float]:
+    """Median milliseconds per call of two functions called alternately (A B A B) for about
+    2 x seconds, after a warm-up call each."""
+    mine()
+    theirs()
+    times: tuple[list[float], list[float]] = ([], [])
+    started = time.perf_counter()
+    while len(times[0]) < 3 or time.perf_counter() - started < 2 * seconds:
+        for fn, kept in ((mine, times[0]), (theirs, times[1])):
+            tic = time.perf_counter()
+            fn()
+            kept.append(time.perf_counter() - tic)
+        if len(times[0]) >= 1000:
+            break
+    return float(np.median(times[0]) * 1000), float(np.median(times[1]) * 1000)
+
+
 # --------------------------------------------------------------------------- memory
 
 
@@ -684,29 +703,60 @@ def bench_algorithm(name: str, s: Settings, buffer: ReplayBuffer, notes: list[st
     if reference is not None:
         warm_up(reference, max(2, s.warmup_steps // 2))
 
+    # what each speed knob contributes (Diffusion-QL): the same agent without compile, in bf16
+    variants: list[Trainer] = []
+    if name == "diffusion_ql" and not s.quick:
+        settings = {"no compile": {"compile": False}, "bf16": {**extra, "precision": "bf16"}}
+        for label, values in settings.items():
+            if all(has_field(name, k) for k in values):
+                variant = candidate_trainer(
+                    build_agent(name, device, buffer, **values), buffer, device, label
+                )
+                warm_up(variant, s.warmup_steps)
+                variants.append(variant)
+
     # training throughput, A B A B
-    trainers = [reference, candidate] if reference is not None else [candidate]
+    trainers = [reference] if reference is not None else []
+    trainers += [candidate, *variants]
     rates, per_round = interleaved(trainers, s.seconds * len(trainers), s.rounds)
-    row["steps_per_s"] = round(rates[-1], 2)
+    mine = len(trainers) - len(variants) - 1
+    row["steps_per_s"] = round(rates[mine], 2)
     if reference is not None:
         row["reference_steps_per_s"] = round(rates[0], 2)
-        row["train_ratio"] = round(paired_ratio(per_round[1], per_round[0]), 3)
+        row["train_ratio"] = round(paired_ratio(per_round[mine], per_round[0]), 3)
+    if variants:
+        row["variants"] = [
+            {
+                "variant": t.label,
+                "steps_per_s": round(rates[i], 2),
+                "ratio": round(paired_ratio(per_round[i], per_round[0]), 3)
+                if reference is not None
+                else None,
+            }
+            for i, t in enumerate(trainers)
+            if t in variants
+        ]
 
     # action selection: ms per call on 1 and 10 observations
     rng = np.random.default_rng(0)
     for batch in (1, 10):
         if batch > 1 and row["act_ms_1"] > 2000:  # a planner: 10 plans would take minutes
-            notes.append(f"{name}: act on 10 observations not timed (one takes {row['act_ms_1']:.0f} ms)")
+            notes.append(
+                f"{name}: act on 10 observations not timed (one takes {row['act_ms_1']:.0f} ms)"
+            )
             break
         obs = rng.standard_normal((batch, OBSERVATION_DIM)).astype(np.float32)
         budget = s.seconds / 4
         with torch.no_grad():
-            mine = time_calls(lambda o=obs: agent.act(o), budget)
+            if ref_act is None:
+                row[f"act_ms_{batch}"] = round(time_calls(lambda o=obs: agent.act(o), budget), 3)
+                continue
+            mine, theirs = time_call_pairs(
+                lambda o=obs: agent.act(o), lambda o=obs: ref_act(o), budget
+            )
             row[f"act_ms_{batch}"] = round(mine, 3)
-            if ref_act is not None:
-                theirs = time_calls(lambda o=obs: ref_act(o), budget)
-                row[f"reference_act_ms_{batch}"] = round(theirs, 3)
-                row[f"act_ratio_{batch}"] = round(theirs / mine, 3)
+            row[f"reference_act_ms_{batch}"] = round(theirs, 3)
+            row[f"act_ratio_{batch}"] = round(theirs / mine, 3)
 
     # peak memory of training steps
     steps = max(2, s.warmup_steps)
@@ -742,9 +792,7 @@ def bench_evaluation(name: str, s: Settings, buffer: ReplayBuffer) -> dict[str, 
         rates["parallel"].append(episodes_per_second(agent.act, n, steps, parallel=True))
         rates["sequential"].append(episodes_per_second(agent.act, n, steps, parallel=False))
         if reference is not None:
-            rates["reference"].append(
-                episodes_per_second(reference.act, n, steps, parallel=False)
-            )
+            rates["reference"].append(episodes_per_second(reference.act, n, steps, parallel=False))
     row: dict[str, Any] = {
         "algorithm": name,
         "device": s.device,
@@ -774,9 +822,7 @@ def bench_batched_seeds(s: Settings, buffer: ReplayBuffer, notes: list[str]) -> 
     extra = {"compile": s.compile} if has_field("diffusion_ql", "compile") else {}
     config = agent_config("diffusion_ql", s.device, **extra)
     single = agent_cls(OBSERVATION_DIM, ACTION_DIM, 1.0, config)
-    batched = agent_cls(
-        OBSERVATION_DIM, ACTION_DIM, 1.0, config, seeds=list(range(SEEDS_BATCHED))
-    )
+    batched = agent_cls(OBSERVATION_DIM, ACTION_DIM, 1.0, config, seeds=list(range(SEEDS_BATCHED)))
     one = candidate_trainer(single, buffer, s.device, "1 seed")
     many = batched_seeds_trainer(batched, buffer, SEEDS_BATCHED, s.device)
     warm = {"1 seed": warm_up(one, s.warmup_steps), "batched": warm_up(many, s.warmup_steps)}
@@ -852,6 +898,14 @@ def write_report(result: dict[str, Any], out: Path) -> Path:
             f"{r['reference'] or '-'} | {r.get('reference_steps_per_s', '-')} | "
             f"{_x(r.get('train_ratio'))} |"
         )
+    for r in result["algorithms"]:
+        for v in r.get("variants", []):
+            lines.append(
+                f"| {r['algorithm']} ({v['variant']}) | {r['device']} | "
+                f"{v['variant'] != 'no compile' and r['compile']} | {v['steps_per_s']} | "
+                f"{r['reference'] or '-'} | {r.get('reference_steps_per_s', '-')} | "
+                f"{_x(v['ratio'])} |"
+            )
     if result.get("diffusion_ql_efficiency"):
         e = result["diffusion_ql_efficiency"]
         lines += [

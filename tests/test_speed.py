@@ -1,0 +1,320 @@
+"""The fast paths compute what the plain ones do: compiled vs eager steps, fused vs foreach Adam,
+a batched seed vs a normal run of that seed, seeds independent of each other, batched runs
+writing normal run directories; and the benchmark runs. No timing is asserted here."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dql import diffusion_ql
+from dql.batched_seeds import run_batched, supports_batched_seeds, train_batched_seeds
+from dql.diffusion_ql import COMPILE_MIN_STEPS, DiffusionQL, DiffusionQLConfig
+from dql.errors import ConfigError
+from dql.nets import make_optimizer
+
+OBS_DIM, ACT_DIM = 4, 2
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def small_config(**overrides) -> DiffusionQLConfig:
+    fields = dict(
+        device="cpu",
+        hidden_dim=32,
+        num_candidates=4,
+        steps=100,
+        step_start_ema=2,
+        update_ema_every=1,
+        grad_norm=0.5,  # small enough that clipping acts
+    )
+    return DiffusionQLConfig(**{**fields, **overrides})
+
+
+def random_batch(seed: int, batch_size: int = 16) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "observations": torch.randn(batch_size, OBS_DIM, generator=g),
+        "actions": torch.rand(batch_size, ACT_DIM, generator=g) * 2 - 1,
+        "rewards": torch.randn(batch_size, generator=g),
+        "next_observations": torch.randn(batch_size, OBS_DIM, generator=g),
+        "terminals": (torch.rand(batch_size, generator=g) < 0.3).float(),
+    }
+
+
+def stacked(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([b[k] for b in batches]) for k in batches[0]}
+
+
+def assert_close_state(a: dict, b: dict, atol: float = 1e-5) -> None:
+    for net in ("actor", "ema_actor", "critic", "critic_target"):
+        for name, value in a[net].items():
+            torch.testing.assert_close(value, b[net][name], rtol=1e-4, atol=atol, msg=net + name)
+
+
+# --------------------------------------------------------------------------- batched seeds
+
+
+@pytest.mark.parametrize("max_q_backup", [False, True])
+def test_batched_seed_k_is_a_normal_run_seeded_k(max_q_backup: bool) -> None:
+    """Same initial weights, and over several steps the same losses, gradient norms, weights
+    and Adam moments as a normal agent created after torch.manual_seed(k) and fed k's batches."""
+    config = small_config(max_q_backup=max_q_backup, num_backup_actions=3)
+    seeds = [3, 7, 11]
+    batched = DiffusionQL(OBS_DIM, ACT_DIM, 1.0, config, seeds=seeds)
+    singles, rng_states = [], []
+    for seed in seeds:  # a normal run draws init and noise from the global RNG seeded by the loop
+        torch.manual_seed(seed)
+        singles.append(DiffusionQL(OBS_DIM, ACT_DIM, 1.0, config))
+        rng_states.append(torch.get_rng_state())
+    for k, single in enumerate(singles):
+        assert_close_state(batched.seed_state_dict(k), single.state_dict(), atol=0)
+    clipped = False
+    for step in range(4):
+        batches = [random_batch(100 * step + k) for k in range(len(seeds))]
+        metrics = batched.update(stacked(batches))
+        assert all(v.shape == (len(seeds),) for v in metrics.values())
+        for k, single in enumerate(singles):
+            torch.set_rng_state(rng_states[k])
+            expected = single.update(batches[k])
+            rng_states[k] = torch.get_rng_state()
+            for name, value in expected.items():
+                torch.testing.assert_close(metrics[name][k], value, rtol=1e-4, atol=1e-5)
+            clipped |= bool(expected["actor_grad_norm"] > config.grad_norm)
+    assert clipped  # per-seed clipping was exercised
+    for k, single in enumerate(singles):
+        mine, theirs = batched.seed_state_dict(k), single.state_dict()
+        assert_close_state(mine, theirs)
+        for opt in ("actor_optimizer", "critic_optimizer"):
+            for index, entries in theirs[opt]["state"].items():
+                for name, value in entries.items():
+                    torch.testing.assert_close(
+                        mine[opt]["state"][index][name], value, atol=1e-6, rtol=1e-4
+                    )
+
+
+def test_batched_seeds_are_independent() -> None:
+    """Another batch for seed 1 changes seed 1's update and nothing of seeds 0 and 2."""
+    config = small_config()
+    base, other = (DiffusionQL(OBS_DIM, ACT_DIM, 1.0, config, seeds=[0, 1, 2]) for _ in range(2))
+    batches = [random_batch(k) for k in range(3)]
+    changed = list(batches)
+    changed[1] = random_batch(99)
+    first, second = base.update(stacked(batches)), other.update(stacked(changed))
+    for name in first:
+        assert torch.equal(first[name][[0, 2]], second[name][[0, 2]]), name
+    assert not torch.equal(first["critic_loss"][1], second["critic_loss"][1])
+    for k, moved in ((0, False), (1, True), (2, False)):
+        a, b = base.seed_state_dict(k), other.seed_state_dict(k)
+        same = all(torch.equal(a["actor"][n], b["actor"][n]) for n in a["actor"])
+        assert same != moved, k
+
+
+def test_seed_state_dict_round_trips_into_normal_and_batched_agents() -> None:
+    config = small_config()
+    batched = DiffusionQL(OBS_DIM, ACT_DIM, 1.0, config, seeds=[5, 6])
+    for step in range(3):
+        batched.update(stacked([random_batch(2 * step), random_batch(2 * step + 1)]))
+    # seed 6 as a normal agent: the same weights act the same
+    single = DiffusionQL(OBS_DIM, ACT_DIM, 1.0, config)
+    single.load_state_dict(copy.deepcopy(batched.seed_state_dict(1)))
+    obs = np.random.default_rng(0).normal(size=(3, OBS_DIM)).astype(np.float32)
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    snapshot = DiffusionQL(OBS_DIM, ACT_DIM, 1.0, config)
+    snapshot.load_state_dict(batched.seed_state_dict(1))
+    np.testing.assert_array_equal(single.act(obs, g1), snapshot.act(obs, g2))
+    # both seeds into a fresh batched agent (a resumed batch): the next step is identical
+    resumed = DiffusionQL(OBS_DIM, ACT_DIM, 1.0, config, seeds=[0, 0])
+    for k in range(2):
+        resumed.load_seed_state_dict(k, copy.deepcopy(batched.seed_state_dict(k)))
+    batch = stacked([random_batch(50), random_batch(51)])
+    expected, got = batched.update(batch), resumed.update(batch)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+
+
+def test_only_agents_with_the_protocol_batch_seeds() -> None:
+    from test_smoke import TinyBC
+
+    assert supports_batched_seeds(DiffusionQL)
+    assert not supports_batched_seeds(TinyBC)
+
+
+def test_batched_runs_write_normal_run_directories(pendulum_store: str, tmp_path: Path) -> None:
+    """Two seeds batched: each seed's run directory is complete and its losses are those of a
+    normal run of that seed; a rerun finds them complete."""
+    config = small_config(
+        dataset=pendulum_store,
+        steps=30,
+        eval_interval=15,
+        eval_episodes=2,
+        log_interval=10,
+        checkpoint_interval=15,
+        out_dir=str(tmp_path / "batched"),
+        progress=False,
+        save_traces=False,
+    )
+    results = train_batched_seeds(config, [0, 1])
+    assert [r["seed"] for r in results] == [0, 1] and all(r["steps"] == 30 for r in results)
+    normal = diffusion_ql.train(replace(config, seed=1, out_dir=str(tmp_path / "normal")))
+    run = tmp_path / "batched" / "diffusion_ql" / "pendulum-mixed" / "seed_1"
+    for name in ("config.json", "metrics.jsonl", "eval.jsonl", "result.json", "latency.json"):
+        assert (run / name).exists(), name
+    assert json.loads((run / "status.json").read_text())["status"] == "complete"
+    assert json.loads((run / "config.json").read_text())["seed"] == 1
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    normal_dir = tmp_path / "normal" / "diffusion_ql" / "pendulum-mixed" / "seed_1"
+    expected = [
+        json.loads(line) for line in (normal_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in rows] == [r["step"] for r in expected] == [10, 20, 30]
+    for got, want in zip(rows, expected):
+        for key in ("bc_loss", "critic_loss", "q_mean"):
+            assert got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-4), key
+    assert normal["steps"] == 30
+    # a checkpoint of a batched seed is a normal agent's
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["agent"]
+    DiffusionQL(4, 1, 3.0, small_config()).load_state_dict(state)
+    # rerun: complete runs are returned as they are
+    again = run_batched(
+        [replace(config, seed=0, resume=True), replace(config, seed=1, resume=True)]
+    )
+    assert [a["final_score"] for a in again] == [r["final_score"] for r in results]
+
+
+def test_sweep_batches_the_seeds_of_a_task(pendulum_store: str, tmp_path: Path) -> None:
+    """--batched-seeds: Diffusion-QL's seeds of one dataset form one job (TD3+BC's do not, it
+    cannot batch them), and the job completes every seed's run as a sweep run."""
+    pytest.importorskip("baselines.td3bc")
+    from dql.sweep import load_sweep, plan_jobs, plan_runs, run_job
+
+    file = tmp_path / "s.toml"
+    file.write_text(
+        f'algorithms = ["diffusion_ql", "td3bc"]\ndatasets = ["{pendulum_store}"]\n'
+        "seeds = [0, 1]\nsteps = 20\neval_interval = 20\neval_episodes = 2\n"
+        "log_interval = 10\nsave_traces = false\n"
+        "[overrides.diffusion_ql]\nhidden_dim = 16\nnum_candidates = 2\n"
+    )
+    runs = plan_runs(load_sweep(file), tmp_path / "out")
+    jobs = plan_jobs(runs, batched_seeds=True)
+    assert [[r.key for r in job] for job in jobs] == [
+        ["diffusion_ql/pendulum-mixed/seed_0", "diffusion_ql/pendulum-mixed/seed_1"],
+        ["td3bc/pendulum-mixed/seed_0"],
+        ["td3bc/pendulum-mixed/seed_1"],
+    ]
+    outcomes = run_job(jobs[0])
+    assert [o["status"] for o in outcomes] == ["complete", "complete"], outcomes
+    for spec in jobs[0]:
+        assert json.loads((Path(spec.run_dir) / "result.json").read_text())["seed"] == spec.seed
+
+
+# --------------------------------------------------------------------------- compiled step
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_step_matches_eager(backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled losses give the eager step's losses, gradients and weights. aot_eager
+    checks the captured graphs (forward and backward) quickly; inductor, the real compiler,
+    takes minutes on a cold cache and runs only with DQL_SLOW_TESTS=1."""
+    if backend == "inductor" and not os.environ.get("DQL_SLOW_TESTS"):
+        pytest.skip("set DQL_SLOW_TESTS=1 to compile with inductor (minutes)")
+    original = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn: original(fn, backend=backend))
+    config = small_config(steps=COMPILE_MIN_STEPS, n_timesteps=3, max_q_backup=True)
+    torch.manual_seed(0)
+    eager = DiffusionQL(OBS_DIM, ACT_DIM, 1.0, replace(config, compile=False))
+    compiled = DiffusionQL(OBS_DIM, ACT_DIM, 1.0, config)
+    compiled.load_state_dict(copy.deepcopy(eager.state_dict()))
+    assert compiled.compiled and not eager.compiled
+    for step in range(3):
+        torch.manual_seed(step)
+        expected = eager.update(random_batch(step))
+        torch.manual_seed(step)
+        got = compiled.update(random_batch(step))
+        for name in expected:
+            torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5)
+    assert_close_state(compiled.state_dict(), eager.state_dict())
+
+
+def test_bf16_losses_track_fp32() -> None:
+    """--precision bf16 (autocast) from the same weights, batches and noise: every loss within
+    3% (or 0.01) of fp32's over the first steps."""
+    config = small_config(hidden_dim=64)
+    torch.manual_seed(0)
+    fp32 = DiffusionQL(OBS_DIM, ACT_DIM, 1.0, config)
+    bf16 = DiffusionQL(OBS_DIM, ACT_DIM, 1.0, replace(config, precision="bf16"))
+    bf16.load_state_dict(copy.deepcopy(fp32.state_dict()))
+    for step in range(10):
+        torch.manual_seed(step)
+        expected = fp32.update(random_batch(step, batch_size=64))
+        torch.manual_seed(step)
+        got = bf16.update(random_batch(step, batch_size=64))
+        for name in ("bc_loss", "critic_loss", "q_mean", "target_q_mean"):
+            torch.testing.assert_close(got[name], expected[name], rtol=0.03, atol=0.01)
+    with pytest.raises(ConfigError, match="--precision"):
+        small_config(precision="fp16").validate()
+
+
+def test_compile_is_off_for_short_runs() -> None:
+    assert not DiffusionQL(OBS_DIM, ACT_DIM, 1.0, small_config(steps=1000)).compiled
+    long_run = small_config(steps=COMPILE_MIN_STEPS)
+    assert DiffusionQL(OBS_DIM, ACT_DIM, 1.0, long_run).compiled
+    off = small_config(steps=COMPILE_MIN_STEPS, compile=False)
+    assert not DiffusionQL(OBS_DIM, ACT_DIM, 1.0, off).compiled
+
+
+# --------------------------------------------------------------------------- optimiser
+
+
+def test_fused_adam_matches_foreach_adam() -> None:
+    torch.manual_seed(0)
+    params = [torch.randn(8, 5, requires_grad=True), torch.randn(5, requires_grad=True)]
+    twins = [p.detach().clone().requires_grad_() for p in params]
+    fused = make_optimizer(params, 1e-2)
+    plain = torch.optim.Adam(twins, lr=1e-2, foreach=True)
+    assert fused.defaults["fused"]
+    for _ in range(5):
+        grads = [torch.randn_like(p) for p in params]
+        for p, q, g in zip(params, twins, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        fused.step()
+        plain.step()
+    for p, q in zip(params, twins):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def test_bench_quick_runs_and_writes_a_report(tmp_path: Path) -> None:
+    """experiments/bench.py --quick end to end on two algorithms (a smoke test: ~20 s)."""
+    command = [
+        sys.executable,
+        str(ROOT / "experiments" / "bench.py"),
+        "--quick",
+        "--algorithms",
+        "diffusion_ql",
+        "td3bc",
+        "--seconds",
+        "0.2",
+        "--out",
+        str(tmp_path),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    rows = {r["algorithm"]: r for r in report["algorithms"]}
+    assert set(rows) == {"diffusion_ql", "td3bc"}
+    assert rows["diffusion_ql"]["train_ratio"] > 0 and rows["diffusion_ql"]["steps_per_s"] > 0
+    assert report["batched_seeds"]["seeds"] == 5
+    assert report["evaluation"] and report["machine"]["threads"] == 1
+    assert "## Training" in (tmp_path / "bench.md").read_text()
