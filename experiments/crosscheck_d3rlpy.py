@@ -22,7 +22,7 @@ ours, ...) for --speed-seconds each, on Hopper-sized synthetic data with --speed
 per-round ratios, so load that comes and goes on a shared machine hits both.
 
 Without --dataset: local/hopper/medium-v0 when it is in the Minari store, else a small mixed
-InvertedPendulum-v5 dataset built into results/crosscheck/minari (the recipe of
+InvertedPendulum-v5 dataset built into .cache/crosscheck/minari (the recipe of
 tests/test_baselines.py). The markdown table is printed and written to
 OUT/STEM.md with the raw numbers in OUT/STEM.json (STEM: --name, default crosscheck or speed).
 """
@@ -133,14 +133,14 @@ def build_fallback_dataset(root: Path) -> str:
     return FALLBACK
 
 
-def resolve_dataset(requested: str | None, out: Path) -> str:
+def resolve_dataset(requested: str | None) -> str:
     if requested:
         return requested
     from minari.storage.datasets_root_dir import get_dataset_path
 
     if (Path(get_dataset_path(HOPPER)) / "data").is_dir():
         return HOPPER
-    return build_fallback_dataset(out / "minari")
+    return build_fallback_dataset(ROOT / ".cache" / "crosscheck" / "minari")
 
 
 def synthetic_transitions(
@@ -179,16 +179,20 @@ def our_config(name: str, dataset: str, steps: int, seed: int, **extra: Any) -> 
     return module.Config(**values)
 
 
-def d3rlpy_algorithm(name: str, config: Any, steps: int, acting: bool = False) -> Any:
+def d3rlpy_algorithm(name: str, config: Any, steps: int, action_high: np.ndarray) -> Any:
     """d3rlpy's implementation of `name` set to the numbers of our `config`."""
     import d3rlpy
 
     algos, factory = d3rlpy.algos, d3rlpy.models.encoders.VectorEncoderFactory
     encoder = factory(hidden_units=list(config.hidden))
-    common = dict(
+    common: dict[str, Any] = dict(
         batch_size=config.batch_size,
         observation_scaler=d3rlpy.preprocessing.StandardObservationScaler(),
     )
+    if not np.allclose(action_high, 1.0):  # d3rlpy's policies act in [-1, 1]: map the box
+        common["action_scaler"] = d3rlpy.preprocessing.MinMaxActionScaler(
+            minimum=-action_high, maximum=action_high
+        )
     if name != "bc":
         common.update(gamma=config.discount, tau=config.tau)
         common.update(actor_encoder_factory=encoder, critic_encoder_factory=encoder)
@@ -232,7 +236,7 @@ def d3rlpy_algorithm(name: str, config: Any, steps: int, acting: bool = False) -
         algo = algos.BCQConfig(
             lam=config.lmbda,
             action_flexibility=config.phi,
-            n_action_samples=config.eval_sampled_actions if acting else config.num_sampled_actions,
+            n_action_samples=config.num_sampled_actions,
             actor_learning_rate=config.lr,
             critic_learning_rate=config.lr,
             imitator_learning_rate=config.lr,
@@ -277,7 +281,7 @@ def d3rlpy_score(name: str, config: Any, transitions: Transitions, eval_episodes
     import d3rlpy
 
     d3rlpy.seed(config.seed)
-    algo = d3rlpy_algorithm(name, config, config.steps)
+    algo = d3rlpy_algorithm(name, config, config.steps, transitions.info.action_high)
     algo.fit(
         d3rlpy_dataset(transitions),
         n_steps=config.steps,
@@ -326,7 +330,7 @@ def our_stepper(name: str, config: Any, transitions: Transitions):
 def d3rlpy_stepper(name: str, config: Any, transitions: Transitions):
     from d3rlpy.algos.utility import build_scalers_with_transition_picker
 
-    algo = d3rlpy_algorithm(name, config, 10**6)
+    algo = d3rlpy_algorithm(name, config, 10**6, transitions.info.action_high)
     dataset = d3rlpy_dataset(transitions)
     build_scalers_with_transition_picker(algo, dataset)  # as d3rlpy's fit does, in this order
     algo.build_with_dataset(dataset)
@@ -426,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset, transitions = "synthetic", synthetic_transitions(11, 3)
         speed_data = "synthetic Hopper-sized data (obs 11, act 3)"
     else:
-        dataset = resolve_dataset(args.dataset, args.out)
+        dataset = resolve_dataset(args.dataset)
         transitions = load_dataset(dataset)
         speed_data = "the dataset"
     machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}"

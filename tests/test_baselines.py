@@ -113,7 +113,10 @@ def mixed_scores(mixed_dataset: tuple[str, str], tmp_path_factory) -> dict[str, 
         info = load_dataset(dataset_id).info
         rng = np.random.default_rng(0)
         random_policy = lambda obs: rng.uniform(-3.0, 3.0, (len(obs), 1))  # noqa: E731
-        random = evaluate(random_policy, info, num_episodes=20, ref_scores=(5.0, 100.0))
+        random = evaluate(
+            random_policy, info, num_episodes=20, ref_scores=(5.0, 100.0), progress=False
+        )
+        # lr 1e-3 and 2000 steps: BC has converged, it fails for averaging, not for lack of steps
         run_dir = tmp_path_factory.mktemp("bc_mixed") / "run"
         bc_score = final_score("bc", dataset_id, run_dir, 2000, lr=1e-3, **SMALL)
     finally:
