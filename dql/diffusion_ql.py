@@ -256,6 +256,17 @@ class TwinCritic(nn.Module):
         """min(Q_1, Q_2): (S, B) or (B,)."""
         return self(state, action).amin(dim=-2)
 
+    def one(self, state: torch.Tensor, action: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+        """Only Q_{which[k] + 1} of each seed k, on (S, B, .) inputs: (S, B); which (S,)."""
+        x = torch.cat([state, action], dim=-1)
+        members = 2 * torch.arange(x.shape[0], device=x.device) + which
+        for layer in self.net.net:
+            if isinstance(layer, EnsembleLinear):
+                x = torch.baddbmm(layer.bias[members], x, layer.weight[members])
+            else:
+                x = layer(x)
+        return x.squeeze(-1).float()
+
 
 def make_actor(
     observation_dim: int,
@@ -403,17 +414,18 @@ class DiffusionQL:
         )
         target, chain, bc = normal.split(sizes, dim=1)
         seeds = self.num_seeds
-        return {  # a chain that is not run (discount 0, eta 0) gets no noise
-            "target_chain": target.view(seeds, steps, -1, act).transpose(0, 1)
-            if sizes[0]
-            else None,
-            "actor_chain": chain.view(seeds, steps, rows, act).transpose(0, 1)
-            if sizes[1]
-            else None,
+        noise = {
             "bc_noise": bc.view(seeds, rows, act),
             "bc_steps": (uniform[:, :rows] * steps).long().clamp_(max=steps - 1),
             "critic_pick": (uniform[:, rows] < 0.5).long(),  # 1: maximise Q_2, scale by Q_1
+            "target_chain": None,  # a chain that is not run (discount 0, eta 0) gets none
+            "actor_chain": None,
         }
+        if sizes[0]:  # (T, S, rows, A): noise[j] for the j-th reverse step
+            noise["target_chain"] = target.view(seeds, steps, target_rows, act).transpose(0, 1)
+        if sizes[1]:
+            noise["actor_chain"] = chain.view(seeds, steps, rows, act).transpose(0, 1)
+        return noise
 
     @torch.no_grad()
     def td_target(
@@ -462,11 +474,11 @@ class DiffusionQL:
         bc_loss = self.actor.loss(action, state, noise["bc_steps"], noise["bc_noise"])  # (S,)
         if self.config.eta > 0:
             new_action = self.actor.sample(state, noise["actor_chain"])
-            q_new = self.critic(state, new_action)  # (S, 2, B)
             # one critic is maximised, the other (detached) sets the scale
-            pick = noise["critic_pick"][:, None, None].expand(-1, 1, q_new.shape[-1])
-            q_maximised = q_new.gather(1, pick).mean((1, 2))
-            q_scale = q_new.gather(1, 1 - pick).abs().mean((1, 2)).detach()
+            pick = noise["critic_pick"]  # (S,)
+            q_maximised = self.critic.one(state, new_action, pick).mean(-1)
+            with torch.no_grad():  # no backward through the scale's critic
+                q_scale = self.critic.one(state, new_action, 1 - pick).abs().mean(-1)
             q_loss = -q_maximised / q_scale
         else:  # Diffusion-BC: skip the sampling chain
             q_loss = torch.zeros_like(bc_loss)
@@ -550,7 +562,8 @@ class DiffusionQL:
     @torch.no_grad()
     def act(self, observations: np.ndarray, generator: torch.Generator | None = None) -> np.ndarray:
         """Batched actions for normalised observations (N, obs_dim): see `CandidateSelection`.
-        Samples come from the actor (public code) or, with `act_with_ema`, the EMA actor."""
+        Samples come from the actor (public code) or, with `act_with_ema`, the EMA actor; the
+        noise from `generator`, by default torch's global RNG."""
         state = torch.as_tensor(observations, dtype=torch.float32, device=self.device)
         return self.policy_module()(state, generator).cpu().numpy()
 

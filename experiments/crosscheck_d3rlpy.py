@@ -433,7 +433,11 @@ def main(argv: list[str] | None = None) -> int:
         dataset = resolve_dataset(args.dataset)
         transitions = load_dataset(dataset)
         speed_data = "the dataset"
-    machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load average {load} at the start, torch {torch.__version__}"
+    )
     header = dict(
         dataset=dataset,
         steps=0 if args.speed_only else args.steps,
