@@ -20,7 +20,7 @@ import torch
 from dql.buffer import Batch
 from dql.cli import run_cli
 from dql.errors import ConfigError
-from dql.nets import make_optimizer
+from dql.nets import autocast, check_precision, make_optimizer
 from dql.policies_common import DeterministicActor, GaussianActor, observations_tensor
 from dql.training import TrainConfig, run_training
 
@@ -37,9 +37,12 @@ class Config(TrainConfig):
     """Adam learning rate."""
     hidden: tuple[int, ...] = (256, 256)
     """Hidden layer widths of the policy."""
+    precision: str = "fp32"
+    """fp32, or bf16: the training step's matmuls in bfloat16 (dql.nets.autocast); acting is fp32."""
 
     def validate(self) -> None:
         super().validate()
+        check_precision(self.precision)
         if not self.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
         if not self.hidden or min(self.hidden) < 1:
@@ -63,11 +66,12 @@ class BC:
         return (self.actor(batch["observations"]) - batch["actions"]).square().mean()
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        loss = self.loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return {"bc_loss": loss.detach()}
+        with autocast(self.config.precision, self.device):  # a no-op at fp32
+            loss = self.loss(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            return {"bc_loss": loss.detach()}
 
     @torch.no_grad()
     def act(self, observations: np.ndarray) -> np.ndarray:

@@ -13,6 +13,8 @@ samples by at most phi * M; the policy takes the best of n perturbed samples und
 Decoder samples use z ~ N(0, I) clipped to [-0.5, 0.5]. Sizes and rates of the authors' code:
 VAE 750-750 with latent 2 x action_dim, actor and critics 400-300, Adam 1e-3, phi 0.05,
 lambda 0.75, Polyak 0.005 for the target actor and critics. Deliberate deviation: none.
+(Implementation note: on a CPU, with large batches or networks, the target's n samples go through
+the networks one sample at a time, which keeps the activations in cache; else as one batch.)
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from torch import nn
 from dql.buffer import Batch
 from dql.cli import run_cli
 from dql.errors import ConfigError
-from dql.nets import CriticEnsemble, make_optimizer, mlp, polyak_update
-from dql.policies_common import frozen_copy, observations_tensor
+from dql.nets import CriticEnsemble, autocast, check_precision, make_optimizer, mlp, polyak_update
+from dql.policies_common import frozen_copy, observations_tensor, one_pass_is_faster
 from dql.training import TrainConfig, run_training
 
 ALGORITHM = "bcq"
@@ -58,9 +60,12 @@ class Config(TrainConfig):
     """Hidden layer widths of the VAE's encoder and decoder."""
     hidden: tuple[int, ...] = (400, 300)
     """Hidden layer widths of the perturbation network and critics."""
+    precision: str = "fp32"
+    """fp32, or bf16: the training step's matmuls in bfloat16 (dql.nets.autocast); acting is fp32."""
 
     def validate(self) -> None:
         super().validate()
+        check_precision(self.precision)
         if not 0 <= self.phi <= 2:
             raise ConfigError(f"--phi must be in [0, 2] (a fraction of max_action), got {self.phi}")
         if not 0 <= self.lmbda <= 1:
@@ -93,7 +98,8 @@ class VAE(nn.Module):
         self, observations: torch.Tensor, actions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reconstructed actions, mu and log sigma of the posterior."""
-        mean, log_std = self.encoder(torch.cat([observations, actions], -1)).chunk(2, dim=-1)
+        encoded = self.encoder(torch.cat([observations, actions], -1)).float()  # fp32 in autocast
+        mean, log_std = encoded.chunk(2, dim=-1)
         log_std = log_std.clamp(-4.0, 15.0)
         latent = mean + log_std.exp() * torch.randn_like(mean)
         return self.decode(observations, latent), mean, log_std
@@ -107,7 +113,8 @@ class VAE(nn.Module):
                 *observations.shape[:-1], self.latent_dim, device=observations.device
             )
             latent = latent.clamp(-LATENT_CLIP, LATENT_CLIP)
-        return self.max_action * torch.tanh(self.decoder(torch.cat([observations, latent], -1)))
+        decoded = self.decoder(torch.cat([observations, latent], -1)).float()
+        return self.max_action * torch.tanh(decoded)
 
 
 class Perturbation(nn.Module):
@@ -130,7 +137,7 @@ class Perturbation(nn.Module):
         xi = (
             self.phi
             * self.max_action
-            * torch.tanh(self.net(torch.cat([observations, actions], -1)))
+            * torch.tanh(self.net(torch.cat([observations, actions], -1)).float())
         )
         return (actions + xi).clamp(-self.max_action, self.max_action)
 
@@ -154,52 +161,59 @@ class BCQ:
         self.actor_optimizer = make_optimizer(self.actor.parameters(), config.lr)
         self.critic_optimizer = make_optimizer(self.critic.parameters(), config.lr)
 
+    def sampled_target_q(self, observations: torch.Tensor) -> torch.Tensor:
+        """Q'_k(s, a_j) of n perturbed generated actions a_j per state: (2, n, B)."""
+        n, batch_size = self.config.num_sampled_actions, len(observations)
+        if one_pass_is_faster(n * batch_size, max(self.config.vae_hidden), self.device):
+            repeated = observations.repeat(n, 1)  # sample j of state i at row j B + i
+            actions = self.actor_target(repeated, self.vae.decode(repeated))
+            return self.critic_target(repeated, actions).view(-1, n, batch_size)
+        # one pass per sample keeps the VAE's activations in the CPU's cache
+        samples = [self.actor_target(observations, self.vae.decode(observations)) for _ in range(n)]
+        return torch.stack([self.critic_target(observations, a) for a in samples], dim=1)
+
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        c = self.config
-        observations, actions = batch["observations"], batch["actions"]
-        next_observations = batch["next_observations"]
+        with autocast(self.config.precision, self.device):  # a no-op at fp32
+            c = self.config
+            observations, actions = batch["observations"], batch["actions"]
+            next_observations = batch["next_observations"]
 
-        # generative model of the behaviour policy
-        reconstruction, mean, log_std = self.vae(observations, actions)
-        kl = -0.5 * (1.0 + 2.0 * log_std - mean.square() - (2.0 * log_std).exp()).mean()
-        vae_loss = (reconstruction - actions).square().mean() + 0.5 * kl
-        self.vae_optimizer.zero_grad(set_to_none=True)
-        vae_loss.backward()
-        self.vae_optimizer.step()
+            # generative model of the behaviour policy
+            reconstruction, mean, log_std = self.vae(observations, actions)
+            kl = -0.5 * (1.0 + 2.0 * log_std - mean.square() - (2.0 * log_std).exp()).mean()
+            vae_loss = (reconstruction - actions).square().mean() + 0.5 * kl
+            self.vae_optimizer.zero_grad(set_to_none=True)
+            vae_loss.backward()
+            self.vae_optimizer.step()
 
-        # critics: soft clipped double Q, max over n perturbed generated actions at s'
-        with torch.no_grad():
-            n, batch_size = c.num_sampled_actions, len(next_observations)
-            repeated = next_observations.repeat(
-                n, 1
-            )  # (n B, obs_dim), sample j of state i at j B + i
-            next_actions = self.actor_target(repeated, self.vae.decode(repeated))
-            next_q = self.critic_target(repeated, next_actions)  # (2, n B)
-            next_q = c.lmbda * next_q.min(0).values + (1.0 - c.lmbda) * next_q.max(0).values
-            next_q = next_q.view(n, batch_size).max(0).values
-            target = batch["rewards"] + c.discount * (1.0 - batch["terminals"]) * next_q
-        q = self.critic(observations, actions)  # (2, B)
-        critic_loss = (q - target).square().mean(dim=1).sum()
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optimizer.step()
+            # critics: soft clipped double Q, max over n perturbed generated actions at s'
+            with torch.no_grad():
+                next_q = self.sampled_target_q(next_observations)  # (2, n, B)
+                next_q = c.lmbda * next_q.min(0).values + (1.0 - c.lmbda) * next_q.max(0).values
+                next_q = next_q.max(0).values  # the best of the n samples
+                target = batch["rewards"] + c.discount * (1.0 - batch["terminals"]) * next_q
+            q = self.critic(observations, actions)  # (2, B)
+            critic_loss = (q - target).square().mean(dim=1).sum()
+            self.critic_optimizer.zero_grad(set_to_none=True)
+            critic_loss.backward()
+            self.critic_optimizer.step()
 
-        # perturbation network: maximise Q_1 of perturbed generated actions
-        with torch.no_grad():
-            sampled = self.vae.decode(observations)
-        actor_loss = -self.critic(observations, self.actor(observations, sampled))[0].mean()
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward(inputs=list(self.actor.parameters()))
-        self.actor_optimizer.step()
+            # perturbation network: maximise Q_1 of perturbed generated actions
+            with torch.no_grad():
+                sampled = self.vae.decode(observations)
+            actor_loss = -self.critic(observations, self.actor(observations, sampled))[0].mean()
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            actor_loss.backward(inputs=list(self.actor.parameters()))
+            self.actor_optimizer.step()
 
-        polyak_update(self.critic_target, self.critic, c.tau)
-        polyak_update(self.actor_target, self.actor, c.tau)
-        return {
-            "vae_loss": vae_loss.detach(),
-            "critic_loss": critic_loss.detach(),
-            "actor_loss": actor_loss.detach(),
-            "q_mean": q.detach().mean(),
-        }
+            polyak_update(self.critic_target, self.critic, c.tau)
+            polyak_update(self.actor_target, self.actor, c.tau)
+            return {
+                "vae_loss": vae_loss.detach(),
+                "critic_loss": critic_loss.detach(),
+                "actor_loss": actor_loss.detach(),
+                "q_mean": q.detach().mean(),
+            }
 
     @torch.no_grad()
     def act(self, observations: np.ndarray) -> np.ndarray:

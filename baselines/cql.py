@@ -11,7 +11,9 @@ Q down on actions the policy and a uniform proposal would pick and up on the dat
 The logsumexp runs over 3 x `num_sampled_actions` actions per state with importance weights
 (CQL(H) as in the authors' code): Q~ = Q(s, a_j) - log mu(a_j) with a_j from the uniform
 distribution on [-M, M]^A, from pi(.|s) and from pi(.|s') (each evaluated at s, log-densities
-detached). The actor distribution of a state is computed once and all its samples drawn from it.
+detached). The actor distribution of a state is computed once and all its samples drawn from it;
+on a CPU, with large batches or networks, the critics see the 3n action sets one at a time
+(activations stay in cache), else all in one batch.
 Defaults (CORL / the authors' code): cql_alpha 5 locomotion, 10 AntMaze
 (experiments/hyperparams/cql.toml), critic lr 3e-4, policy lr 1e-4 (3e-5 in CORL), entropy lr
 3e-4 with alpha_H starting at 1, no entropy term in the target (backup_entropy off), Polyak
@@ -34,11 +36,12 @@ import torch
 from dql.buffer import Batch
 from dql.cli import run_cli
 from dql.errors import ConfigError
-from dql.nets import CriticEnsemble, make_optimizer, polyak_update
+from dql.nets import CriticEnsemble, autocast, check_precision, make_optimizer, polyak_update
 from dql.policies_common import (
     TanhGaussianActor,
     frozen_copy,
     observations_tensor,
+    one_pass_is_faster,
     orthogonal_init_,
 )
 from dql.training import TrainConfig, run_training
@@ -74,9 +77,12 @@ class Config(TrainConfig):
     """Orthogonal weight init (gain sqrt 2; 1e-2 for the output layers)."""
     hidden: tuple[int, ...] = (256, 256)
     """Hidden layer widths of actor and critics."""
+    precision: str = "fp32"
+    """fp32, or bf16: the training step's matmuls in bfloat16 (dql.nets.autocast); acting is fp32."""
 
     def validate(self) -> None:
         super().validate()
+        check_precision(self.precision)
         if not self.cql_alpha >= 0:
             raise ConfigError(f"--cql-alpha must be >= 0, got {self.cql_alpha}")
         if self.num_sampled_actions < 1:
@@ -147,60 +153,67 @@ class CQL:
                 next_log_prob,
             ]
         )  # (3n, B)
-        repeated = observations.expand(3 * n, *observations.shape)
-        q = self.critic(
-            repeated.reshape(-1, observations.shape[-1]), actions.reshape(-1, action_dim)
-        )
-        q = q.view(-1, 3 * n, batch) - log_density  # (2, 3n, B)
+        if one_pass_is_faster(3 * n * batch, max(c.hidden), self.device):
+            q = self.critic(observations.repeat(3 * n, 1), actions.reshape(-1, action_dim))
+            q = q.view(-1, 3 * n, batch)
+        else:  # one pass per action set keeps the activations in the CPU's cache
+            q = torch.stack([self.critic(observations, a) for a in actions], dim=1)
+        q = q - log_density  # (2, 3n, B)
         logsumexp = torch.logsumexp(q / c.cql_temperature, dim=1) * c.cql_temperature  # (2, B)
         return (logsumexp - q_data).mean(dim=1).sum()
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        c = self.config
-        observations, next_observations = batch["observations"], batch["next_observations"]
-        # pi(.|s) and pi(.|s') in one forward pass, before the actor's step (as in the authors' code)
-        mean, log_std = self.actor.distribution(torch.cat([observations, next_observations]))
-        policy = (mean[: len(observations)], log_std[: len(observations)])
-        next_policy = (mean[len(observations) :].detach(), log_std[len(observations) :].detach())
+        with autocast(self.config.precision, self.device):  # a no-op at fp32
+            c = self.config
+            observations, next_observations = batch["observations"], batch["next_observations"]
+            # pi(.|s) and pi(.|s') in one forward pass, before the actor's step (as in the authors' code)
+            mean, log_std = self.actor.distribution(torch.cat([observations, next_observations]))
+            policy = (mean[: len(observations)], log_std[: len(observations)])
+            next_policy = (
+                mean[len(observations) :].detach(),
+                log_std[len(observations) :].detach(),
+            )
 
-        # entropy temperature and actor (SAC), against the current critics
-        policy_actions, log_prob = self.actor.sample(*policy)
-        entropy_alpha = self.log_entropy_alpha.exp()
-        entropy_loss = -(self.log_entropy_alpha * (log_prob.detach() + self.target_entropy)).mean()
-        q_policy = self.critic.min(observations, policy_actions)
-        actor_loss = (entropy_alpha.detach() * log_prob - q_policy).mean()
-        self.entropy_optimizer.zero_grad(set_to_none=True)
-        entropy_loss.backward()
-        self.entropy_optimizer.step()
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward(inputs=list(self.actor.parameters()))
-        self.actor_optimizer.step()
+            # entropy temperature and actor (SAC), against the current critics
+            policy_actions, log_prob = self.actor.sample(*policy)
+            entropy_alpha = self.log_entropy_alpha.exp()
+            entropy_loss = -(
+                self.log_entropy_alpha * (log_prob.detach() + self.target_entropy)
+            ).mean()
+            q_policy = self.critic.min(observations, policy_actions)
+            actor_loss = (entropy_alpha.detach() * log_prob - q_policy).mean()
+            self.entropy_optimizer.zero_grad(set_to_none=True)
+            entropy_loss.backward()
+            self.entropy_optimizer.step()
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            actor_loss.backward(inputs=list(self.actor.parameters()))
+            self.actor_optimizer.step()
 
-        # critics: TD error + conservative penalty
-        with torch.no_grad():
-            policy = (policy[0].detach(), policy[1].detach())
-            next_actions, next_log_prob = self.actor.sample(*next_policy)
-            next_q = self.critic_target.min(next_observations, next_actions)
-            if c.backup_entropy:
-                next_q = next_q - entropy_alpha * next_log_prob
-            target = batch["rewards"] + c.discount * (1.0 - batch["terminals"]) * next_q
-        q = self.critic(observations, batch["actions"])  # (2, B)
-        td_loss = (q - target).square().mean(dim=1).sum()
-        penalty = self.conservative_penalty(observations, q, policy, next_policy)
-        critic_loss = td_loss + c.cql_alpha * penalty
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optimizer.step()
+            # critics: TD error + conservative penalty
+            with torch.no_grad():
+                policy = (policy[0].detach(), policy[1].detach())
+                next_actions, next_log_prob = self.actor.sample(*next_policy)
+                next_q = self.critic_target.min(next_observations, next_actions)
+                if c.backup_entropy:
+                    next_q = next_q - entropy_alpha * next_log_prob
+                target = batch["rewards"] + c.discount * (1.0 - batch["terminals"]) * next_q
+            q = self.critic(observations, batch["actions"])  # (2, B)
+            td_loss = (q - target).square().mean(dim=1).sum()
+            penalty = self.conservative_penalty(observations, q, policy, next_policy)
+            critic_loss = td_loss + c.cql_alpha * penalty
+            self.critic_optimizer.zero_grad(set_to_none=True)
+            critic_loss.backward()
+            self.critic_optimizer.step()
 
-        polyak_update(self.critic_target, self.critic, c.tau)
-        return {
-            "critic_loss": critic_loss.detach(),
-            "td_loss": td_loss.detach(),
-            "cql_penalty": penalty.detach(),
-            "actor_loss": actor_loss.detach(),
-            "entropy_alpha": entropy_alpha.detach(),
-            "q_mean": q.detach().mean(),
-        }
+            polyak_update(self.critic_target, self.critic, c.tau)
+            return {
+                "critic_loss": critic_loss.detach(),
+                "td_loss": td_loss.detach(),
+                "cql_penalty": penalty.detach(),
+                "actor_loss": actor_loss.detach(),
+                "entropy_alpha": entropy_alpha.detach(),
+                "q_mean": q.detach().mean(),
+            }
 
     @torch.no_grad()
     def act(self, observations: np.ndarray) -> np.ndarray:

@@ -79,6 +79,8 @@ from dql.nets import (
     EnsembleLinear,
     EnsembleMLP,
     Mish,
+    autocast,
+    check_precision,
     hard_update,
     make_optimizer,
     polyak_update,
@@ -87,7 +89,6 @@ from dql.training import TrainConfig, resolve_device, run_training
 
 ALGORITHM = "diffusion_ql"
 ACTION_SELECTIONS = ("softmax", "argmax")
-PRECISIONS = ("fp32", "bf16")
 COMPILE_MIN_STEPS = 20_000  # shorter runs (tests, demos) stay eager: compiling would dominate
 
 
@@ -166,10 +167,7 @@ class DiffusionQLConfig(TrainConfig):
                 f"--beta-schedule must be one of {', '.join(BETA_SCHEDULES)}, "
                 f"got {self.beta_schedule!r}"
             )
-        if self.precision not in PRECISIONS:
-            raise ConfigError(
-                f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
+        check_precision(self.precision)
         if self.action_selection not in ACTION_SELECTIONS:
             raise ConfigError(
                 f"--action-selection must be one of {', '.join(ACTION_SELECTIONS)}, "
@@ -531,8 +529,7 @@ class DiffusionQL:
         return {k: v[0] for k, v in metrics.items()} if unbatched else metrics
 
     def _precision(self) -> torch.autocast:
-        bf16 = self.config.precision == "bf16"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+        return autocast(self.config.precision, self.device)
 
     @torch.no_grad()
     def _clip(self, module: nn.Module) -> torch.Tensor | None:

@@ -13,6 +13,22 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from dql.errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The training step's precision: bf16 runs matmuls in bfloat16 under autocast (about 2x the
+    fp32 matmul rate on CPUs with AVX-512 bf16); the heads below return fp32, so losses reduce
+    in fp32. Backward ops follow the forward's dtypes. fp32: a no-op context."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
 
 def _tanh_softplus(x: torch.Tensor) -> torch.Tensor:
     """tanh(softplus(x)) = n / (n + 2) with n = e^x (e^x + 2); x clamped where it is already 1."""
@@ -148,7 +164,8 @@ class CriticEnsemble(nn.Module):
         self.net = EnsembleMLP(observation_dim + action_dim, 1, num_critics, hidden, act)
 
     def forward(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([observations, actions], dim=-1)).squeeze(-1)
+        q = self.net(torch.cat([observations, actions], dim=-1)).squeeze(-1)
+        return q.float()  # fp32 under bf16 autocast (a no-op otherwise)
 
     def min(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Pessimistic value min_k Q_k(s, a): (B,)."""

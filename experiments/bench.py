@@ -709,10 +709,18 @@ def bench_algorithm(name: str, s: Settings, buffer: ReplayBuffer, notes: list[st
     if reference is not None:
         warm_up(reference, max(2, s.warmup_steps // 2))
 
-    # what each speed knob contributes (Diffusion-QL): the same agent without compile, in bf16
+    # matmul FLOPs of one step (mean of 2: some updates alternate), counted on the eager path
+    counted = build_agent(name, device, buffer, compile=False) if compiled else agent
+    row["gflop_per_step"] = gflop_per_step(candidate_trainer(counted, buffer, device, "count"))
+    if reference is not None:
+        row["reference_gflop_per_step"] = gflop_per_step(reference)
+
+    # what each speed knob contributes: without compile (Diffusion-QL), in bf16 (all that have it)
     variants: list[Trainer] = []
-    if name == "diffusion_ql" and not s.quick:
-        settings = {"no compile": {"compile": False}, "bf16": {**extra, "precision": "bf16"}}
+    if not s.quick:
+        settings: dict[str, dict[str, Any]] = {"bf16": {**extra, "precision": "bf16"}}
+        if compiled:
+            settings = {"no compile": {"compile": False}, **settings}
         for label, values in settings.items():
             if all(has_field(name, k) for k in values):
                 variant = candidate_trainer(
@@ -788,6 +796,15 @@ def _transitions_of(buffer: ReplayBuffer) -> Transitions:
     return synthetic_transitions(buffer.size)
 
 
+def act_seconds(act: Callable[[np.ndarray], np.ndarray], batch: int, calls: int = 20) -> float:
+    obs = np.random.default_rng(0).standard_normal((batch, OBSERVATION_DIM)).astype(np.float32)
+    act(obs)
+    started = time.perf_counter()
+    for _ in range(calls):
+        act(obs)
+    return (time.perf_counter() - started) / calls
+
+
 def bench_evaluation(name: str, s: Settings, buffer: ReplayBuffer) -> dict[str, Any]:
     """Episodes/s: 10 in parallel through dql.evaluation.evaluate vs one after another; for
     Diffusion-QL also against the eager reference one episode after another."""
@@ -806,11 +823,18 @@ def bench_evaluation(name: str, s: Settings, buffer: ReplayBuffer) -> dict[str, 
         rates["sequential"].append(episodes_per_second(agent.act, n, steps, parallel=False))
         if reference is not None:
             rates["reference"].append(episodes_per_second(reference.act, n, steps, parallel=False))
+    # the gain of each part alone (Amdahl): with a free policy only the env's own step remains,
+    # which 10 envs in one process cannot share; act alone gains 10 act(1) / act(10)
+    free = lambda obs: np.zeros((len(obs), ACTION_DIM), np.float32)  # noqa: E731
+    free_rates = [episodes_per_second(free, n, steps, parallel=p) for p in (True, False)]
+    act_1, act_n = (act_seconds(agent.act, k) for k in (1, n))
     row: dict[str, Any] = {
         "algorithm": name,
         "device": s.device,
         "episodes": n,
         "episode_steps": steps,
+        "free_policy_parallel_vs_sequential": round(free_rates[0] / free_rates[1], 3),
+        "act_alone": round(n * act_1 / act_n, 3),
         "parallel_episodes_per_s": round(float(np.mean(rates["parallel"])), 3),
         "sequential_episodes_per_s": round(float(np.mean(rates["sequential"])), 3),
         "parallel_vs_sequential": round(paired_ratio(rates["parallel"], rates["sequential"]), 3),
@@ -839,19 +863,36 @@ def bench_batched_seeds(s: Settings, buffer: ReplayBuffer, notes: list[str]) -> 
     one = candidate_trainer(single, buffer, s.device, "1 seed")
     many = batched_seeds_trainer(batched, buffer, SEEDS_BATCHED, s.device)
     warm = {"1 seed": warm_up(one, s.warmup_steps), "batched": warm_up(many, s.warmup_steps)}
-    rates, per_round = interleaved([one, many], 2 * s.seconds, s.rounds)
-    # wall time of a batched step over a single step = rate_1 / rate_S
-    ratio = float(np.median(np.asarray(per_round[0]) / np.asarray(per_round[1])))
-    cpu_ratio = float(np.median(np.asarray(one.cpu_rates) / np.asarray(many.cpu_rates)))
+    # on CPU at the bench's threads and at every core: a batched step's bigger matmuls use
+    # several cores where one seed's small ones cannot
+    threads = torch.get_num_threads()
+    counts = [threads] if s.device != "cpu" else sorted({threads, os.cpu_count() or threads})
+    rows = []
+    for count in counts:
+        torch.set_num_threads(count)
+        one.cpu_rates.clear()
+        many.cpu_rates.clear()
+        rates, per_round = interleaved([one, many], 2 * s.seconds, s.rounds)
+        # wall time of a batched step over a single step = rate_1 / rate_S
+        ratio = float(np.median(np.asarray(per_round[0]) / np.asarray(per_round[1])))
+        cpu_ratio = float(np.median(np.asarray(one.cpu_rates) / np.asarray(many.cpu_rates)))
+        rows.append(
+            {
+                "threads": count,
+                "single_steps_per_s": round(rates[0], 2),
+                "batched_steps_per_s": round(rates[1], 2),
+                "batched_time_over_single": round(ratio, 3),
+                "batched_cpu_time_over_single": round(cpu_ratio, 3),
+                "seed_steps_per_s_gain": round(SEEDS_BATCHED / ratio, 3),
+            }
+        )
+    torch.set_num_threads(threads)
     return {
         "seeds": SEEDS_BATCHED,
         "device": s.device,
         "compile": bool(extra.get("compile")),
-        "single_steps_per_s": round(rates[0], 2),
-        "batched_steps_per_s": round(rates[1], 2),
-        "batched_time_over_single": round(ratio, 3),
-        "batched_cpu_time_over_single": round(cpu_ratio, 3),
-        "seed_steps_per_s_gain": round(SEEDS_BATCHED / ratio, 3),
+        **rows[0],
+        "by_threads": rows,
         "warmup_s": {k: round(v, 1) for k, v in warm.items()},
     }
 
@@ -870,6 +911,18 @@ def matmul_gflops(device: str, seconds: float) -> float:
     return 2 * BATCH_SIZE * HIDDEN * HIDDEN * calls / (clock() - started) / 1e9
 
 
+def gflop_per_step(trainer: Trainer, steps: int = 2) -> float | None:
+    """Matmul GFLOP of one training step (forward and backward), counted by torch's
+    FlopCounterMode over `steps` steps; None where nothing is counted (not torch)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        trainer.run(steps)
+    total = counter.get_total_flops()
+    return round(total / steps / 1e9, 3) if total else None
+
+
 def diffusion_ql_gflop_per_step(n_timesteps: int = 5) -> float:
     """Multiply-adds of one Diffusion-QL step at the bench's sizes, x2 (forward 1, backward 2
     per layer; critic weight gradients skipped in the actor step)."""
@@ -883,6 +936,19 @@ def diffusion_ql_gflop_per_step(n_timesteps: int = 5) -> float:
     macs += 3 * n_timesteps * denoiser  # sampled actions with gradients
     macs += 2 * critic  # Q of the sampled actions: forward + input gradients
     return 2 * macs * BATCH_SIZE / 1e9
+
+
+def add_efficiency(row: dict[str, Any], peak: float) -> None:
+    """Achieved matmul GFLOP per CPU-second, ours and the reference's, as fractions of `peak`
+    (a bare fp32 matmul's rate measured in this run): how far each is from the roofline."""
+    gflop, ref_gflop = row.get("gflop_per_step"), row.get("reference_gflop_per_step")
+    if gflop:
+        row["fraction_of_peak"] = round(gflop * row["steps_per_cpu_s"] / peak, 3)
+    if ref_gflop and row.get("train_ratio_cpu"):
+        ref_rate = row["steps_per_cpu_s"] / row["train_ratio_cpu"]
+        row["reference_fraction_of_peak"] = round(ref_gflop * ref_rate / peak, 3)
+        # a reference at fraction f of peak can be beaten by at most 1/f with the same FLOPs
+        row["fp32_ceiling_ratio"] = round(peak / (ref_gflop * ref_rate), 2)
 
 
 # --------------------------------------------------------------------------- report
@@ -921,6 +987,28 @@ def write_report(result: dict[str, Any], out: Path) -> Path:
                 f"{v['variant'] != 'no compile' and r['compile']} | {v['steps_per_s']} | "
                 f"{r['reference'] or '-'} | {r.get('reference_steps_per_s', '-')} | "
                 f"{_x(v['ratio'])} | {_x(v.get('ratio_cpu'))} |"
+            )
+    if result.get("matmul_gflops"):
+        lines += [
+            "",
+            f"Roofline (CPU): a bare fp32 256x256x256 matmul runs at {result['matmul_gflops']:.0f} "
+            "GFLOP per CPU-second in this run. Matmul FLOPs per step are counted by "
+            "torch.utils.flop_counter on one eager step of each implementation; the ceiling is "
+            "the ratio the reference would show against an implementation of the same FLOPs "
+            "running at that peak.",
+            "",
+            "| algorithm | GFLOP/step ours | GFLOP/step ref | ours % of peak | ref % of peak | "
+            "fp32 ceiling ratio |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in result["algorithms"]:
+            if r["device"] != "cpu" or not r.get("gflop_per_step"):
+                continue
+            lines.append(
+                f"| {r['algorithm']} | {r['gflop_per_step']} | "
+                f"{r.get('reference_gflop_per_step') or '-'} | "
+                f"{_pct(r.get('fraction_of_peak'))} | {_pct(r.get('reference_fraction_of_peak'))} "
+                f"| {_x(r.get('fp32_ceiling_ratio'))} |"
             )
     if result.get("diffusion_ql_efficiency"):
         e = result["diffusion_ql_efficiency"]
@@ -962,8 +1050,8 @@ def write_report(result: dict[str, Any], out: Path) -> Path:
             "## Evaluation (episodes/s, Hopper-v5)",
             "",
             "| algorithm | episodes x steps | parallel | one after another | ratio | "
-            "reference one after another | ratio |",
-            "|---|---|---|---|---|---|---|",
+            "reference one after another | ratio | env alone | act alone |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in result["evaluation"]:
             lines.append(
@@ -971,20 +1059,34 @@ def write_report(result: dict[str, Any], out: Path) -> Path:
                 f"{r['parallel_episodes_per_s']} | {r['sequential_episodes_per_s']} | "
                 f"{_x(r['parallel_vs_sequential'])} | "
                 f"{r.get('reference_sequential_episodes_per_s', '-')} | "
-                f"{_x(r.get('parallel_vs_reference_sequential'))} |"
+                f"{_x(r.get('parallel_vs_reference_sequential'))} | "
+                f"{_x(r.get('free_policy_parallel_vs_sequential'))} | {_x(r.get('act_alone'))} |"
             )
+        lines += [
+            "",
+            "The gain of each part alone: 'env alone' is the same measurement with a policy "
+            "that costs nothing (the env's own step, which envs in one process cannot share); "
+            "'act alone' is 10 x act(1 obs) / act(10 obs). The parallel gain is a mix of the "
+            "two, weighted by where the time goes (plus per-episode setup, same in both modes).",
+        ]
     if result.get("batched_seeds"):
         b = result["batched_seeds"]
         lines += [
             "",
             "## Batched seeds (Diffusion-QL)",
             "",
-            f"{b['seeds']} seeds as one model: {b['batched_steps_per_s']} steps/s against "
-            f"{b['single_steps_per_s']} for one seed ({b['device']}, compile {b['compile']}): "
-            f"a batched step costs {b['batched_time_over_single']}x a single-seed step "
-            f"({b['batched_cpu_time_over_single']}x in CPU time), "
-            f"{b['seed_steps_per_s_gain']}x the seed-steps per second of one seed at a time.",
+            f"{b['seeds']} seeds as one model against one seed ({b['device']}, compile "
+            f"{b['compile']}):",
+            "",
         ]
+        for t in b.get("by_threads", [b]):
+            lines.append(
+                f"- {t.get('threads', '?')} thread(s): {t['batched_steps_per_s']} steps/s against "
+                f"{t['single_steps_per_s']}: a batched step costs "
+                f"{t['batched_time_over_single']}x a single-seed step "
+                f"({t['batched_cpu_time_over_single']}x in CPU time), "
+                f"{t['seed_steps_per_s_gain']}x the seed-steps per second of one seed at a time."
+            )
     if result["notes"]:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in result["notes"]]
     path = out / "bench.md"
@@ -994,6 +1096,10 @@ def write_report(result: dict[str, Any], out: Path) -> Path:
 
 def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
 
 
 # --------------------------------------------------------------------------- main
@@ -1097,11 +1203,15 @@ def main(argv: list[str] | None = None) -> int:
                 row = bench_evaluation(name, s, buffer)
                 result["evaluation"].append(row)
                 print(f"    {row}", flush=True)
-    dql_rows = [r for r in result["algorithms"] if r["algorithm"] == "diffusion_ql"]
-    if dql_rows and dql_rows[0].get("train_ratio_cpu") and dql_rows[0]["device"] == "cpu":
-        row = dql_rows[0]  # per CPU-second: what time-sharing with other processes does not blur
-        peak = matmul_gflops(row["device"], min(1.0, seconds))
-        gflop = diffusion_ql_gflop_per_step()
+    cpu_rows = [r for r in result["algorithms"] if r["device"] == "cpu"]
+    peak = matmul_gflops("cpu", min(1.0, seconds)) if cpu_rows else None
+    result["matmul_gflops"] = peak
+    for row in cpu_rows:  # per CPU-second: what time-sharing with other processes does not blur
+        add_efficiency(row, peak)
+    dql_rows = [r for r in cpu_rows if r["algorithm"] == "diffusion_ql"]
+    if dql_rows and dql_rows[0].get("train_ratio_cpu"):
+        row = dql_rows[0]
+        gflop = row.get("gflop_per_step") or diffusion_ql_gflop_per_step()
         ours = gflop * row["steps_per_cpu_s"]
         result["diffusion_ql_efficiency"] = {
             "gflop_per_step": gflop,

@@ -246,6 +246,33 @@ def test_cql_penalty_pushes_q_down_on_out_of_data_actions():
     assert with_penalty < -2.0
 
 
+def test_sampled_actions_give_the_same_values_in_one_pass_or_many(monkeypatch):
+    """CQL's penalty and BCQ's target are computed in cache-sized passes on a CPU when the
+    networks are large: the values must not depend on it (same draws, same maths)."""
+    from dql import policies_common
+
+    def values(cache: int) -> tuple[torch.Tensor, torch.Tensor]:
+        monkeypatch.setattr(policies_common, "CPU_CACHE_FLOATS", cache)
+        torch.manual_seed(0)
+        cql_agent = cql.CQL(3, 2, 1.0, cql.Config(device="cpu", **TINY))
+        bcq_agent = bcq.BCQ(3, 2, 1.0, bcq.Config(device="cpu", vae_hidden=(16, 16), **TINY))
+        batch = random_batch(torch.Generator().manual_seed(0), size=32)
+        observations = batch["observations"]
+        with torch.no_grad():
+            q_data = cql_agent.critic(observations, batch["actions"])
+            policy = cql_agent.actor.distribution(observations)
+            next_policy = cql_agent.actor.distribution(batch["next_observations"])
+            penalty = cql_agent.conservative_penalty(observations, q_data, policy, next_policy)
+            target_q = bcq_agent.sampled_target_q(observations)
+        return penalty, target_q
+
+    penalty, target_q = values(0)  # one pass per sampled action set
+    reference_penalty, reference_target_q = values(2**40)  # one pass over all
+    assert target_q.shape == (2, 10, 32)
+    torch.testing.assert_close(penalty, reference_penalty)
+    torch.testing.assert_close(target_q, reference_target_q)
+
+
 # --------------------------------------------------------------------------- exact resume
 
 

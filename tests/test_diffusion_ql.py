@@ -14,7 +14,7 @@ import pytest
 import tomllib
 import torch
 from conftest import PENDULUM_GAINS
-from test_smoke import TinyBC
+from tiny_algo import TanhMlpBC as TinyBC  # MSE BC through a tanh MLP
 from torch import nn
 
 from dql import diffusion_ql

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_algo import ActorBC  # tests/tiny_algo.py: pytest puts tests/ on sys.path
 from torch import nn
 
 from dql import registry
@@ -19,35 +20,8 @@ from dql.cli import main as dql_main
 from dql.data import DatasetInfo, ObservationNormalizer
 from dql.errors import UserError
 from dql.export import TrainedRun, check_export, export_policy, find_agent_class, load_exported
-from dql.nets import make_optimizer, mlp
-from dql.policies_common import DeterministicActor
+from dql.nets import mlp
 from dql.training import TrainConfig, run_training
-
-
-class TinyBC:
-    """MSE behaviour cloning; `actor(obs)` is the action (the layout of TD3+BC, IQL, BC)."""
-
-    def __init__(self, observation_dim, action_dim, max_action, config) -> None:
-        self.actor = DeterministicActor(observation_dim, action_dim, max_action, (64, 64))
-        self.optimizer = make_optimizer(self.actor.parameters(), 1e-3)
-
-    def update(self, batch):
-        loss = (self.actor(batch["observations"]) - batch["actions"]).square().mean()
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": loss}
-
-    @torch.no_grad()
-    def act(self, observations: np.ndarray) -> np.ndarray:
-        return self.actor(torch.as_tensor(observations)).numpy()
-
-    def state_dict(self):
-        return {"actor": self.actor.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.optimizer.load_state_dict(state["optimizer"])
 
 
 class SampledPolicy(nn.Module):
@@ -62,12 +36,8 @@ class SampledPolicy(nn.Module):
         return mu + self.scale * torch.randn_like(mu)
 
 
-class GaussianBC(TinyBC):
+class GaussianBC(ActorBC):
     """A stochastic policy that exposes its sampler through `policy_module()`."""
-
-    def __init__(self, observation_dim, action_dim, max_action, config) -> None:
-        super().__init__(observation_dim, action_dim, max_action, config)
-        self.max_action = max_action
 
     def policy_module(self) -> nn.Module:
         return SampledPolicy(self.actor, self.max_action)
@@ -78,13 +48,12 @@ class GaussianBC(TinyBC):
         return (mu + 0.5 * self.max_action * torch.randn_like(mu)).numpy()
 
 
-class PreTanhBC(TinyBC):
+class PreTanhBC(ActorBC):
     """`actor` outputs pre-activation values and act() squashes them: guessing fails."""
 
     def __init__(self, observation_dim, action_dim, max_action, config) -> None:
         super().__init__(observation_dim, action_dim, max_action, config)
         self.actor = mlp(observation_dim, action_dim, (16,))
-        self.max_action = max_action
 
     @torch.no_grad()
     def act(self, observations: np.ndarray) -> np.ndarray:
@@ -119,7 +88,7 @@ def run_without_dql(code: str, cwd: Path) -> str:
 @pytest.fixture
 def trained_run(pendulum_store, tmp_path, monkeypatch):
     module = types.ModuleType("tiny_bc_for_export_tests")
-    module.Agent = TinyBC
+    module.Agent = ActorBC
     monkeypatch.setitem(sys.modules, module.__name__, module)
     monkeypatch.setitem(registry.ALGORITHMS, "tiny_bc", module.__name__)
     config = TrainConfig(
@@ -133,7 +102,7 @@ def trained_run(pendulum_store, tmp_path, monkeypatch):
         progress=False,
         save_traces=False,
     )
-    run_training(config, TinyBC, "tiny_bc")
+    run_training(config, ActorBC, "tiny_bc")
     return tmp_path / "run"
 
 

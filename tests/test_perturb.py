@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny_algo import ActorBC  # tests/tiny_algo.py: pytest puts tests/ on sys.path
 
 from dql import registry
 from dql.cli import main as dql_main
 from dql.data import ObservationNormalizer
-from dql.nets import make_optimizer
 from dql.perturb import (
     ActionDelay,
     DroppedObservations,
@@ -24,7 +24,6 @@ from dql.perturb import (
     perturbation_hooks,
     perturbation_rng,
 )
-from dql.policies_common import DeterministicActor
 from dql.training import TrainConfig, run_training
 
 
@@ -36,22 +35,13 @@ class NoisyBCConfig(TrainConfig):
     """Std of each draw's noise, in units of max_action."""
 
 
-class NoisyBC:
+class NoisyBC(ActorBC):
     """MSE behaviour cloning that acts with the mean of `num_candidates` noisy draws: a
     stochastic policy with a speed knob, like Diffusion-QL's candidates."""
 
     def __init__(self, observation_dim, action_dim, max_action, config) -> None:
-        self.config = config
-        self.actor = DeterministicActor(observation_dim, action_dim, max_action, (64, 64))
-        self.optimizer = make_optimizer(self.actor.parameters(), 1e-3)
-        self.max_action = max_action
-
-    def update(self, batch):
-        loss = (self.actor(batch["observations"]) - batch["actions"]).square().mean()
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": loss}
+        super().__init__(observation_dim, action_dim, max_action, config)
+        self.config = config  # act() reads the knobs; latency.json records num_candidates
 
     @torch.no_grad()
     def act(self, observations: np.ndarray) -> np.ndarray:
@@ -60,13 +50,6 @@ class NoisyBC:
         draws = self.actor(state.repeat_interleave(k, dim=0))  # (B*K, act)
         draws = draws + self.config.action_noise * self.max_action * torch.randn_like(draws)
         return draws.view(state.shape[0], k, -1).mean(1).numpy()
-
-    def state_dict(self):
-        return {"actor": self.actor.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.optimizer.load_state_dict(state["optimizer"])
 
 
 @pytest.fixture(autouse=True)

@@ -4,37 +4,9 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import torch
+from tiny_algo import TanhMlpBC  # tests/tiny_algo.py: pytest puts tests/ on sys.path
 
-from dql.nets import make_optimizer, mlp
 from dql.training import TrainConfig, run_training
-
-
-class TinyBC:
-    def __init__(self, observation_dim: int, action_dim: int, max_action: float, config) -> None:
-        self.policy = mlp(observation_dim, action_dim, (64, 64))
-        self.optimizer = make_optimizer(self.policy.parameters(), 1e-3)
-        self.max_action = max_action
-
-    def update(self, batch):
-        predicted = torch.tanh(self.policy(batch["observations"])) * self.max_action
-        loss = ((predicted - batch["actions"]) ** 2).mean()
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": loss}
-
-    @torch.no_grad()
-    def act(self, observations: np.ndarray) -> np.ndarray:
-        return (torch.tanh(self.policy(torch.as_tensor(observations))) * self.max_action).numpy()
-
-    def state_dict(self):
-        return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state) -> None:
-        self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
 
 
 def test_training_loop_writes_a_complete_run(pendulum_store, tmp_path):
@@ -48,7 +20,7 @@ def test_training_loop_writes_a_complete_run(pendulum_store, tmp_path):
         run_dir=str(tmp_path / "run"),
         progress=False,
     )
-    result = run_training(config, TinyBC, "tiny_bc")
+    result = run_training(config, TanhMlpBC, "tiny_bc")
     run = tmp_path / "run"
     saved = json.loads((run / "config.json").read_text())
     assert saved["dataset"]["content_hash"] and saved["config"]["steps"] == 600

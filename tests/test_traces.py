@@ -7,42 +7,15 @@ import json
 
 import numpy as np
 import pytest
-import torch
+from tiny_algo import TanhMlpBC  # tests/tiny_algo.py: pytest puts tests/ on sys.path
 
 from dql.cli import main as dql_main
 from dql.data import load_dataset
 from dql.errors import UserError
 from dql.evaluation import evaluate
-from dql.nets import make_optimizer, mlp
 from dql.runs import read_jsonl
 from dql.traces import load_traces, render_episode, replay, save_traces
 from dql.training import TrainConfig, run_training
-
-
-class TinyBC:
-    def __init__(self, observation_dim, action_dim, max_action, config) -> None:
-        self.policy = mlp(observation_dim, action_dim, (64, 64))
-        self.optimizer = make_optimizer(self.policy.parameters(), 1e-3)
-        self.max_action = max_action
-
-    def update(self, batch):
-        predicted = torch.tanh(self.policy(batch["observations"])) * self.max_action
-        loss = (predicted - batch["actions"]).square().mean()
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": loss}
-
-    @torch.no_grad()
-    def act(self, observations: np.ndarray) -> np.ndarray:
-        return (torch.tanh(self.policy(torch.as_tensor(observations))) * self.max_action).numpy()
-
-    def state_dict(self):
-        return {"policy": self.policy.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state) -> None:
-        self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
 
 
 @pytest.fixture
@@ -57,7 +30,7 @@ def trained_run(pendulum_store, tmp_path):
         run_dir=str(tmp_path / "run"),
         progress=False,
     )
-    run_training(config, TinyBC, "tiny_bc")
+    run_training(config, TanhMlpBC, "tiny_bc")
     return tmp_path / "run"
 
 
@@ -161,7 +134,7 @@ def test_run_directory_holds_latency_and_traces_flag_turns_them_off(pendulum_sto
         progress=False,
         save_traces=False,
     )
-    run_training(config, TinyBC, "tiny_bc")
+    run_training(config, TanhMlpBC, "tiny_bc")
     assert not (tmp_path / "run" / "traces.json").exists()
     latency = json.loads((tmp_path / "run" / "latency.json").read_text())
     assert latency["devices"]["cpu"]["1"]["ms_per_action"] > 0
