@@ -856,45 +856,47 @@ def bench_batched_seeds(s: Settings, buffer: ReplayBuffer, notes: list[str]) -> 
     if "seeds" not in inspect.signature(agent_cls).parameters:
         notes.append("batched seeds: the Diffusion-QL agent takes no `seeds`; not measured")
         return None
-    extra = {"compile": s.compile} if has_field("diffusion_ql", "compile") else {}
-    config = agent_config("diffusion_ql", s.device, **extra)
-    single = agent_cls(OBSERVATION_DIM, ACTION_DIM, 1.0, config)
-    batched = agent_cls(OBSERVATION_DIM, ACTION_DIM, 1.0, config, seeds=list(range(SEEDS_BATCHED)))
-    one = candidate_trainer(single, buffer, s.device, "1 seed")
-    many = batched_seeds_trainer(batched, buffer, SEEDS_BATCHED, s.device)
-    warm = {"1 seed": warm_up(one, s.warmup_steps), "batched": warm_up(many, s.warmup_steps)}
-    # on CPU at the bench's threads and at every core: a batched step's bigger matmuls use
-    # several cores where one seed's small ones cannot
+    # every setting a researcher might run with: compiled or not, fp32 or bf16, and on CPU at
+    # the bench's threads and at every core (a batched step's bigger matmuls use several cores
+    # where one seed's small ones may not)
+    compiles = [True, False] if s.compile and not s.quick else [False]
+    precisions = ["fp32"] if s.quick else ["fp32", "bf16"]
     threads = torch.get_num_threads()
     counts = [threads] if s.device != "cpu" else sorted({threads, os.cpu_count() or threads})
     rows = []
-    for count in counts:
-        torch.set_num_threads(count)
-        one.cpu_rates.clear()
-        many.cpu_rates.clear()
-        rates, per_round = interleaved([one, many], 2 * s.seconds, s.rounds)
-        # wall time of a batched step over a single step = rate_1 / rate_S
-        ratio = float(np.median(np.asarray(per_round[0]) / np.asarray(per_round[1])))
-        cpu_ratio = float(np.median(np.asarray(one.cpu_rates) / np.asarray(many.cpu_rates)))
-        rows.append(
-            {
-                "threads": count,
-                "single_steps_per_s": round(rates[0], 2),
-                "batched_steps_per_s": round(rates[1], 2),
-                "batched_time_over_single": round(ratio, 3),
-                "batched_cpu_time_over_single": round(cpu_ratio, 3),
-                "seed_steps_per_s_gain": round(SEEDS_BATCHED / ratio, 3),
-            }
-        )
-    torch.set_num_threads(threads)
-    return {
-        "seeds": SEEDS_BATCHED,
-        "device": s.device,
-        "compile": bool(extra.get("compile")),
-        **rows[0],
-        "by_threads": rows,
-        "warmup_s": {k: round(v, 1) for k, v in warm.items()},
-    }
+    for compiled in compiles:
+        for precision in precisions:
+            config = agent_config("diffusion_ql", s.device, compile=compiled, precision=precision)
+            single = agent_cls(OBSERVATION_DIM, ACTION_DIM, 1.0, config)
+            seeds = list(range(SEEDS_BATCHED))
+            batched = agent_cls(OBSERVATION_DIM, ACTION_DIM, 1.0, config, seeds=seeds)
+            one = candidate_trainer(single, buffer, s.device, "1 seed")
+            many = batched_seeds_trainer(batched, buffer, SEEDS_BATCHED, s.device)
+            warm_up(one, s.warmup_steps)
+            warm_up(many, s.warmup_steps)
+            for count in counts:
+                torch.set_num_threads(count)
+                one.cpu_rates.clear()
+                many.cpu_rates.clear()
+                rates, per_round = interleaved([one, many], 2 * s.seconds, s.rounds)
+                # wall time of a batched step over a single step = rate_1 / rate_S
+                ratio = float(np.median(np.asarray(per_round[0]) / np.asarray(per_round[1])))
+                cpu = float(np.median(np.asarray(one.cpu_rates) / np.asarray(many.cpu_rates)))
+                rows.append(
+                    {
+                        "compile": compiled,
+                        "precision": precision,
+                        "threads": count,
+                        "single_steps_per_s": round(rates[0], 2),
+                        "batched_steps_per_s": round(rates[1], 2),
+                        "batched_time_over_single": round(ratio, 3),
+                        "batched_cpu_time_over_single": round(cpu, 3),
+                        "seed_steps_per_s_gain": round(SEEDS_BATCHED / ratio, 3),
+                    }
+                )
+                print(f"    {rows[-1]}", flush=True)
+            torch.set_num_threads(threads)
+    return {"seeds": SEEDS_BATCHED, "device": s.device, **rows[0], "settings": rows}
 
 
 def matmul_gflops(device: str, seconds: float) -> float:
@@ -1075,18 +1077,31 @@ def write_report(result: dict[str, Any], out: Path) -> Path:
             "",
             "## Batched seeds (Diffusion-QL)",
             "",
-            f"{b['seeds']} seeds as one model against one seed ({b['device']}, compile "
-            f"{b['compile']}):",
+            f"{b['seeds']} seeds as one model against one seed, same settings on both sides "
+            f"({b['device']}); time ratio: wall time of a batched step over a single-seed step "
+            "(the target is at most 3.5x); gain: seed-steps per second over one seed at a time.",
             "",
+            "| compile | precision | threads | 1 seed steps/s | batched steps/s | time ratio | "
+            "CPU-time ratio | gain |",
+            "|---|---|---|---|---|---|---|---|",
         ]
-        for t in b.get("by_threads", [b]):
+        for t in b.get("settings", [b]):
             lines.append(
-                f"- {t.get('threads', '?')} thread(s): {t['batched_steps_per_s']} steps/s against "
-                f"{t['single_steps_per_s']}: a batched step costs "
-                f"{t['batched_time_over_single']}x a single-seed step "
-                f"({t['batched_cpu_time_over_single']}x in CPU time), "
-                f"{t['seed_steps_per_s_gain']}x the seed-steps per second of one seed at a time."
+                f"| {t.get('compile')} | {t.get('precision', 'fp32')} | {t.get('threads', '-')} | "
+                f"{t['single_steps_per_s']} | {t['batched_steps_per_s']} | "
+                f"{t['batched_time_over_single']}x | {t['batched_cpu_time_over_single']}x | "
+                f"{t['seed_steps_per_s_gain']}x |"
             )
+        single = [r for r in result["algorithms"] if r["algorithm"] == "diffusion_ql"]
+        if single and single[0].get("fraction_of_peak"):
+            needed = SEEDS_BATCHED * single[0]["fraction_of_peak"] / 3.5
+            lines += [
+                "",
+                f"Bound: one seed's fp32 step (training table above) already runs at "
+                f"{100 * single[0]['fraction_of_peak']:.0f}% of the fp32 matmul peak, so "
+                f"{SEEDS_BATCHED} seeds (5x the FLOPs) in 3.5x its time would need "
+                f"{100 * needed:.0f}% of peak.",
+            ]
     if result["notes"]:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in result["notes"]]
     path = out / "bench.md"
