@@ -38,6 +38,7 @@ import ctypes
 import dataclasses
 import gc
 import importlib
+import itertools
 import json
 import math
 import os
@@ -864,38 +865,35 @@ def bench_batched_seeds(s: Settings, buffer: ReplayBuffer, notes: list[str]) -> 
     threads = torch.get_num_threads()
     counts = [threads] if s.device != "cpu" else sorted({threads, os.cpu_count() or threads})
     rows = []
-    for compiled in compiles:
-        for precision in precisions:
-            config = agent_config("diffusion_ql", s.device, compile=compiled, precision=precision)
-            single = agent_cls(OBSERVATION_DIM, ACTION_DIM, 1.0, config)
-            seeds = list(range(SEEDS_BATCHED))
-            batched = agent_cls(OBSERVATION_DIM, ACTION_DIM, 1.0, config, seeds=seeds)
-            one = candidate_trainer(single, buffer, s.device, "1 seed")
-            many = batched_seeds_trainer(batched, buffer, SEEDS_BATCHED, s.device)
-            warm_up(one, s.warmup_steps)
-            warm_up(many, s.warmup_steps)
-            for count in counts:
-                torch.set_num_threads(count)
-                one.cpu_rates.clear()
-                many.cpu_rates.clear()
-                rates, per_round = interleaved([one, many], 2 * s.seconds, s.rounds)
-                # wall time of a batched step over a single step = rate_1 / rate_S
-                ratio = float(np.median(np.asarray(per_round[0]) / np.asarray(per_round[1])))
-                cpu = float(np.median(np.asarray(one.cpu_rates) / np.asarray(many.cpu_rates)))
-                rows.append(
-                    {
-                        "compile": compiled,
-                        "precision": precision,
-                        "threads": count,
-                        "single_steps_per_s": round(rates[0], 2),
-                        "batched_steps_per_s": round(rates[1], 2),
-                        "batched_time_over_single": round(ratio, 3),
-                        "batched_cpu_time_over_single": round(cpu, 3),
-                        "seed_steps_per_s_gain": round(SEEDS_BATCHED / ratio, 3),
-                    }
-                )
-                print(f"    {rows[-1]}", flush=True)
-            torch.set_num_threads(threads)
+    for count, compiled, precision in itertools.product(counts, compiles, precisions):
+        # threads first: compiled CPU kernels keep the thread count they were compiled with
+        torch.set_num_threads(count)
+        config = agent_config("diffusion_ql", s.device, compile=compiled, precision=precision)
+        single = agent_cls(OBSERVATION_DIM, ACTION_DIM, 1.0, config)
+        seeds = list(range(SEEDS_BATCHED))
+        batched = agent_cls(OBSERVATION_DIM, ACTION_DIM, 1.0, config, seeds=seeds)
+        one = candidate_trainer(single, buffer, s.device, "1 seed")
+        many = batched_seeds_trainer(batched, buffer, SEEDS_BATCHED, s.device)
+        warm_up(one, s.warmup_steps)
+        warm_up(many, s.warmup_steps)
+        rates, per_round = interleaved([one, many], 2 * s.seconds, s.rounds)
+        # wall time of a batched step over a single step = rate_1 / rate_S
+        ratio = float(np.median(np.asarray(per_round[0]) / np.asarray(per_round[1])))
+        cpu = float(np.median(np.asarray(one.cpu_rates) / np.asarray(many.cpu_rates)))
+        rows.append(
+            {
+                "compile": compiled,
+                "precision": precision,
+                "threads": count,
+                "single_steps_per_s": round(rates[0], 2),
+                "batched_steps_per_s": round(rates[1], 2),
+                "batched_time_over_single": round(ratio, 3),
+                "batched_cpu_time_over_single": round(cpu, 3),
+                "seed_steps_per_s_gain": round(SEEDS_BATCHED / ratio, 3),
+            }
+        )
+        print(f"    {rows[-1]}", flush=True)
+    torch.set_num_threads(threads)
     return {"seeds": SEEDS_BATCHED, "device": s.device, **rows[0], "settings": rows}
 
 
