@@ -20,7 +20,7 @@ import torch
 from dql.buffer import Batch
 from dql.cli import run_cli
 from dql.errors import ConfigError
-from dql.nets import autocast, check_precision, make_optimizer
+from dql.nets import at_config_precision, check_precision, make_optimizer
 from dql.policies_common import DeterministicActor, GaussianActor, observations_tensor
 from dql.training import TrainConfig, run_training
 
@@ -65,13 +65,13 @@ class BC:
             return -self.actor.log_prob(batch["observations"], batch["actions"]).mean()
         return (self.actor(batch["observations"]) - batch["actions"]).square().mean()
 
+    @at_config_precision  # --precision bf16: the step under autocast
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        with autocast(self.config.precision, self.device):  # a no-op at fp32
-            loss = self.loss(batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            return {"bc_loss": loss.detach()}
+        loss = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"bc_loss": loss.detach()}
 
     @torch.no_grad()
     def act(self, observations: np.ndarray) -> np.ndarray:

@@ -30,7 +30,14 @@ from torch import nn
 from dql.buffer import Batch
 from dql.cli import run_cli
 from dql.errors import ConfigError
-from dql.nets import CriticEnsemble, autocast, check_precision, make_optimizer, mlp, polyak_update
+from dql.nets import (
+    CriticEnsemble,
+    at_config_precision,
+    check_precision,
+    make_optimizer,
+    mlp,
+    polyak_update,
+)
 from dql.policies_common import frozen_copy, observations_tensor, one_pass_is_faster
 from dql.training import TrainConfig, run_training
 
@@ -172,48 +179,48 @@ class BCQ:
         samples = [self.actor_target(observations, self.vae.decode(observations)) for _ in range(n)]
         return torch.stack([self.critic_target(observations, a) for a in samples], dim=1)
 
+    @at_config_precision  # --precision bf16: the step under autocast
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        with autocast(self.config.precision, self.device):  # a no-op at fp32
-            c = self.config
-            observations, actions = batch["observations"], batch["actions"]
-            next_observations = batch["next_observations"]
+        c = self.config
+        observations, actions = batch["observations"], batch["actions"]
+        next_observations = batch["next_observations"]
 
-            # generative model of the behaviour policy
-            reconstruction, mean, log_std = self.vae(observations, actions)
-            kl = -0.5 * (1.0 + 2.0 * log_std - mean.square() - (2.0 * log_std).exp()).mean()
-            vae_loss = (reconstruction - actions).square().mean() + 0.5 * kl
-            self.vae_optimizer.zero_grad(set_to_none=True)
-            vae_loss.backward()
-            self.vae_optimizer.step()
+        # generative model of the behaviour policy
+        reconstruction, mean, log_std = self.vae(observations, actions)
+        kl = -0.5 * (1.0 + 2.0 * log_std - mean.square() - (2.0 * log_std).exp()).mean()
+        vae_loss = (reconstruction - actions).square().mean() + 0.5 * kl
+        self.vae_optimizer.zero_grad(set_to_none=True)
+        vae_loss.backward()
+        self.vae_optimizer.step()
 
-            # critics: soft clipped double Q, max over n perturbed generated actions at s'
-            with torch.no_grad():
-                next_q = self.sampled_target_q(next_observations)  # (2, n, B)
-                next_q = c.lmbda * next_q.min(0).values + (1.0 - c.lmbda) * next_q.max(0).values
-                next_q = next_q.max(0).values  # the best of the n samples
-                target = batch["rewards"] + c.discount * (1.0 - batch["terminals"]) * next_q
-            q = self.critic(observations, actions)  # (2, B)
-            critic_loss = (q - target).square().mean(dim=1).sum()
-            self.critic_optimizer.zero_grad(set_to_none=True)
-            critic_loss.backward()
-            self.critic_optimizer.step()
+        # critics: soft clipped double Q, max over n perturbed generated actions at s'
+        with torch.no_grad():
+            next_q = self.sampled_target_q(next_observations)  # (2, n, B)
+            next_q = c.lmbda * next_q.min(0).values + (1.0 - c.lmbda) * next_q.max(0).values
+            next_q = next_q.max(0).values  # the best of the n samples
+            target = batch["rewards"] + c.discount * (1.0 - batch["terminals"]) * next_q
+        q = self.critic(observations, actions)  # (2, B)
+        critic_loss = (q - target).square().mean(dim=1).sum()
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
 
-            # perturbation network: maximise Q_1 of perturbed generated actions
-            with torch.no_grad():
-                sampled = self.vae.decode(observations)
-            actor_loss = -self.critic(observations, self.actor(observations, sampled))[0].mean()
-            self.actor_optimizer.zero_grad(set_to_none=True)
-            actor_loss.backward(inputs=list(self.actor.parameters()))
-            self.actor_optimizer.step()
+        # perturbation network: maximise Q_1 of perturbed generated actions
+        with torch.no_grad():
+            sampled = self.vae.decode(observations)
+        actor_loss = -self.critic(observations, self.actor(observations, sampled))[0].mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward(inputs=list(self.actor.parameters()))
+        self.actor_optimizer.step()
 
-            polyak_update(self.critic_target, self.critic, c.tau)
-            polyak_update(self.actor_target, self.actor, c.tau)
-            return {
-                "vae_loss": vae_loss.detach(),
-                "critic_loss": critic_loss.detach(),
-                "actor_loss": actor_loss.detach(),
-                "q_mean": q.detach().mean(),
-            }
+        polyak_update(self.critic_target, self.critic, c.tau)
+        polyak_update(self.actor_target, self.actor, c.tau)
+        return {
+            "vae_loss": vae_loss.detach(),
+            "critic_loss": critic_loss.detach(),
+            "actor_loss": actor_loss.detach(),
+            "q_mean": q.detach().mean(),
+        }
 
     @torch.no_grad()
     def act(self, observations: np.ndarray) -> np.ndarray:

@@ -36,7 +36,13 @@ import torch
 from dql.buffer import Batch
 from dql.cli import run_cli
 from dql.errors import ConfigError
-from dql.nets import CriticEnsemble, autocast, check_precision, make_optimizer, polyak_update
+from dql.nets import (
+    CriticEnsemble,
+    at_config_precision,
+    check_precision,
+    make_optimizer,
+    polyak_update,
+)
 from dql.policies_common import (
     TanhGaussianActor,
     frozen_copy,
@@ -162,58 +168,56 @@ class CQL:
         logsumexp = torch.logsumexp(q / c.cql_temperature, dim=1) * c.cql_temperature  # (2, B)
         return (logsumexp - q_data).mean(dim=1).sum()
 
+    @at_config_precision  # --precision bf16: the step under autocast
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        with autocast(self.config.precision, self.device):  # a no-op at fp32
-            c = self.config
-            observations, next_observations = batch["observations"], batch["next_observations"]
-            # pi(.|s) and pi(.|s') in one forward pass, before the actor's step (as in the authors' code)
-            mean, log_std = self.actor.distribution(torch.cat([observations, next_observations]))
-            policy = (mean[: len(observations)], log_std[: len(observations)])
-            next_policy = (
-                mean[len(observations) :].detach(),
-                log_std[len(observations) :].detach(),
-            )
+        c = self.config
+        observations, next_observations = batch["observations"], batch["next_observations"]
+        # pi(.|s) and pi(.|s') in one forward pass, before the actor's step (as in the authors' code)
+        mean, log_std = self.actor.distribution(torch.cat([observations, next_observations]))
+        policy = (mean[: len(observations)], log_std[: len(observations)])
+        next_policy = (
+            mean[len(observations) :].detach(),
+            log_std[len(observations) :].detach(),
+        )
 
-            # entropy temperature and actor (SAC), against the current critics
-            policy_actions, log_prob = self.actor.sample(*policy)
-            entropy_alpha = self.log_entropy_alpha.exp()
-            entropy_loss = -(
-                self.log_entropy_alpha * (log_prob.detach() + self.target_entropy)
-            ).mean()
-            q_policy = self.critic.min(observations, policy_actions)
-            actor_loss = (entropy_alpha.detach() * log_prob - q_policy).mean()
-            self.entropy_optimizer.zero_grad(set_to_none=True)
-            entropy_loss.backward()
-            self.entropy_optimizer.step()
-            self.actor_optimizer.zero_grad(set_to_none=True)
-            actor_loss.backward(inputs=list(self.actor.parameters()))
-            self.actor_optimizer.step()
+        # entropy temperature and actor (SAC), against the current critics
+        policy_actions, log_prob = self.actor.sample(*policy)
+        entropy_alpha = self.log_entropy_alpha.exp()
+        entropy_loss = -(self.log_entropy_alpha * (log_prob.detach() + self.target_entropy)).mean()
+        q_policy = self.critic.min(observations, policy_actions)
+        actor_loss = (entropy_alpha.detach() * log_prob - q_policy).mean()
+        self.entropy_optimizer.zero_grad(set_to_none=True)
+        entropy_loss.backward()
+        self.entropy_optimizer.step()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward(inputs=list(self.actor.parameters()))
+        self.actor_optimizer.step()
 
-            # critics: TD error + conservative penalty
-            with torch.no_grad():
-                policy = (policy[0].detach(), policy[1].detach())
-                next_actions, next_log_prob = self.actor.sample(*next_policy)
-                next_q = self.critic_target.min(next_observations, next_actions)
-                if c.backup_entropy:
-                    next_q = next_q - entropy_alpha * next_log_prob
-                target = batch["rewards"] + c.discount * (1.0 - batch["terminals"]) * next_q
-            q = self.critic(observations, batch["actions"])  # (2, B)
-            td_loss = (q - target).square().mean(dim=1).sum()
-            penalty = self.conservative_penalty(observations, q, policy, next_policy)
-            critic_loss = td_loss + c.cql_alpha * penalty
-            self.critic_optimizer.zero_grad(set_to_none=True)
-            critic_loss.backward()
-            self.critic_optimizer.step()
+        # critics: TD error + conservative penalty
+        with torch.no_grad():
+            policy = (policy[0].detach(), policy[1].detach())
+            next_actions, next_log_prob = self.actor.sample(*next_policy)
+            next_q = self.critic_target.min(next_observations, next_actions)
+            if c.backup_entropy:
+                next_q = next_q - entropy_alpha * next_log_prob
+            target = batch["rewards"] + c.discount * (1.0 - batch["terminals"]) * next_q
+        q = self.critic(observations, batch["actions"])  # (2, B)
+        td_loss = (q - target).square().mean(dim=1).sum()
+        penalty = self.conservative_penalty(observations, q, policy, next_policy)
+        critic_loss = td_loss + c.cql_alpha * penalty
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
 
-            polyak_update(self.critic_target, self.critic, c.tau)
-            return {
-                "critic_loss": critic_loss.detach(),
-                "td_loss": td_loss.detach(),
-                "cql_penalty": penalty.detach(),
-                "actor_loss": actor_loss.detach(),
-                "entropy_alpha": entropy_alpha.detach(),
-                "q_mean": q.detach().mean(),
-            }
+        polyak_update(self.critic_target, self.critic, c.tau)
+        return {
+            "critic_loss": critic_loss.detach(),
+            "td_loss": td_loss.detach(),
+            "cql_penalty": penalty.detach(),
+            "actor_loss": actor_loss.detach(),
+            "entropy_alpha": entropy_alpha.detach(),
+            "q_mean": q.detach().mean(),
+        }
 
     @torch.no_grad()
     def act(self, observations: np.ndarray) -> np.ndarray:

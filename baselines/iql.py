@@ -28,7 +28,14 @@ import torch
 from dql.buffer import Batch
 from dql.cli import run_cli
 from dql.errors import ConfigError
-from dql.nets import CriticEnsemble, autocast, check_precision, make_optimizer, mlp, polyak_update
+from dql.nets import (
+    CriticEnsemble,
+    at_config_precision,
+    check_precision,
+    make_optimizer,
+    mlp,
+    polyak_update,
+)
 from dql.policies_common import (
     DeterministicActor,
     GaussianActor,
@@ -109,50 +116,50 @@ class IQL:
             self.actor_optimizer, T_max=config.steps
         )
 
+    @at_config_precision  # --precision bf16: the step under autocast
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        with autocast(self.config.precision, self.device):  # a no-op at fp32
-            c = self.config
-            observations, actions = batch["observations"], batch["actions"]
+        c = self.config
+        observations, actions = batch["observations"], batch["actions"]
 
-            # value: expectile regression of V(s) onto the target critics' min Q(s, a)
-            with torch.no_grad():
-                target_q = self.critic_target.min(observations, actions)
-            advantage = target_q - self.value(observations).squeeze(-1)
-            value_loss = expectile_loss(advantage, c.expectile)
-            self.value_optimizer.zero_grad(set_to_none=True)
-            value_loss.backward()
-            self.value_optimizer.step()
+        # value: expectile regression of V(s) onto the target critics' min Q(s, a)
+        with torch.no_grad():
+            target_q = self.critic_target.min(observations, actions)
+        advantage = target_q - self.value(observations).squeeze(-1)
+        value_loss = expectile_loss(advantage, c.expectile)
+        self.value_optimizer.zero_grad(set_to_none=True)
+        value_loss.backward()
+        self.value_optimizer.step()
 
-            # critics: one-step TD onto V(s'), never a max over actions
-            with torch.no_grad():
-                next_v = self.value(batch["next_observations"]).squeeze(-1)
-                target = batch["rewards"] + c.discount * (1.0 - batch["terminals"]) * next_v
-            q = self.critic(observations, actions)  # (2, B)
-            critic_loss = (q - target).square().mean(dim=1).sum()
-            self.critic_optimizer.zero_grad(set_to_none=True)
-            critic_loss.backward()
-            self.critic_optimizer.step()
+        # critics: one-step TD onto V(s'), never a max over actions
+        with torch.no_grad():
+            next_v = self.value(batch["next_observations"]).squeeze(-1)
+            target = batch["rewards"] + c.discount * (1.0 - batch["terminals"]) * next_v
+        q = self.critic(observations, actions)  # (2, B)
+        critic_loss = (q - target).square().mean(dim=1).sum()
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
 
-            # actor: advantage-weighted regression with the advantages of the value step
-            weights = torch.exp(c.beta * advantage.detach()).clamp(max=MAX_ADVANTAGE_WEIGHT)
-            if c.deterministic_actor:
-                bc_losses = (self.actor(observations) - actions).square().sum(-1)
-            else:
-                bc_losses = -self.actor.log_prob(observations, actions)
-            actor_loss = (weights * bc_losses).mean()
-            self.actor_optimizer.zero_grad(set_to_none=True)
-            actor_loss.backward()
-            self.actor_optimizer.step()
-            self.actor_schedule.step()
+        # actor: advantage-weighted regression with the advantages of the value step
+        weights = torch.exp(c.beta * advantage.detach()).clamp(max=MAX_ADVANTAGE_WEIGHT)
+        if c.deterministic_actor:
+            bc_losses = (self.actor(observations) - actions).square().sum(-1)
+        else:
+            bc_losses = -self.actor.log_prob(observations, actions)
+        actor_loss = (weights * bc_losses).mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_optimizer.step()
+        self.actor_schedule.step()
 
-            polyak_update(self.critic_target, self.critic, c.tau)
-            return {
-                "value_loss": value_loss.detach(),
-                "critic_loss": critic_loss.detach(),
-                "actor_loss": actor_loss.detach(),
-                "advantage_mean": advantage.detach().mean(),
-                "q_mean": q.detach().mean(),
-            }
+        polyak_update(self.critic_target, self.critic, c.tau)
+        return {
+            "value_loss": value_loss.detach(),
+            "critic_loss": critic_loss.detach(),
+            "actor_loss": actor_loss.detach(),
+            "advantage_mean": advantage.detach().mean(),
+            "q_mean": q.detach().mean(),
+        }
 
     @torch.no_grad()
     def act(self, observations: np.ndarray) -> np.ndarray:

@@ -25,7 +25,13 @@ import torch
 from dql.buffer import Batch
 from dql.cli import run_cli
 from dql.errors import ConfigError
-from dql.nets import CriticEnsemble, autocast, check_precision, make_optimizer, polyak_update
+from dql.nets import (
+    CriticEnsemble,
+    at_config_precision,
+    check_precision,
+    make_optimizer,
+    polyak_update,
+)
 from dql.policies_common import DeterministicActor, frozen_copy, observations_tensor
 from dql.training import TrainConfig, run_training
 
@@ -117,29 +123,29 @@ class TD3BC:
         bc = (policy_actions - batch["actions"]).square().mean()
         return -lmbda * q1.mean() + bc, lmbda
 
+    @at_config_precision  # --precision bf16: the step under autocast
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        with autocast(self.config.precision, self.device):  # a no-op at fp32
-            critic_loss, q = self.critic_loss(batch)
-            self.critic_optimizer.zero_grad(set_to_none=True)
-            critic_loss.backward()
-            self.critic_optimizer.step()
-            self.updates += 1
+        critic_loss, q = self.critic_loss(batch)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
+        self.updates += 1
 
-            if self.updates % self.config.policy_delay == 0:
-                actor_loss, lmbda = self.actor_loss(batch)
-                self.actor_optimizer.zero_grad(set_to_none=True)
-                # only the actor's gradients are needed: skip the critic's weight gradients
-                actor_loss.backward(inputs=list(self.actor.parameters()))
-                self.actor_optimizer.step()
-                polyak_update(self.critic_target, self.critic, self.config.tau)
-                polyak_update(self.actor_target, self.actor, self.config.tau)
-                self.last_actor_loss, self.last_lambda = actor_loss.detach(), lmbda
-            return {
-                "critic_loss": critic_loss.detach(),
-                "actor_loss": self.last_actor_loss,
-                "lambda": self.last_lambda,
-                "q_mean": q.detach().mean(),
-            }
+        if self.updates % self.config.policy_delay == 0:
+            actor_loss, lmbda = self.actor_loss(batch)
+            self.actor_optimizer.zero_grad(set_to_none=True)
+            # only the actor's gradients are needed: skip the critic's weight gradients
+            actor_loss.backward(inputs=list(self.actor.parameters()))
+            self.actor_optimizer.step()
+            polyak_update(self.critic_target, self.critic, self.config.tau)
+            polyak_update(self.actor_target, self.actor, self.config.tau)
+            self.last_actor_loss, self.last_lambda = actor_loss.detach(), lmbda
+        return {
+            "critic_loss": critic_loss.detach(),
+            "actor_loss": self.last_actor_loss,
+            "lambda": self.last_lambda,
+            "q_mean": q.detach().mean(),
+        }
 
     @torch.no_grad()
     def act(self, observations: np.ndarray) -> np.ndarray:

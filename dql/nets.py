@@ -7,8 +7,10 @@ independent `nn.Linear` stack, so an ensemble of 2 is the usual twin critic.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -16,6 +18,7 @@ from torch import nn
 from dql.errors import ConfigError
 
 PRECISIONS = ("fp32", "bf16")
+T = TypeVar("T")
 
 
 def check_precision(precision: str) -> None:
@@ -28,6 +31,18 @@ def autocast(precision: str, device: torch.device) -> torch.autocast:
     fp32 matmul rate on CPUs with AVX-512 bf16); the heads below return fp32, so losses reduce
     in fp32. Backward ops follow the forward's dtypes. fp32: a no-op context."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def at_config_precision(update: Callable[[Any, Any], T]) -> Callable[[Any, Any], T]:
+    """Decorates an agent's `update(batch)`: the whole step runs under
+    `autocast(self.config.precision, self.device)`."""
+
+    @functools.wraps(update)
+    def update_at_precision(self: Any, batch: Any) -> T:
+        with autocast(self.config.precision, self.device):
+            return update(self, batch)
+
+    return update_at_precision
 
 
 def _tanh_softplus(x: torch.Tensor) -> torch.Tensor:
