@@ -208,7 +208,7 @@ class BCQ:
         # perturbation network: maximise Q_1 of perturbed generated actions
         with torch.no_grad():
             sampled = self.vae.decode(observations)
-        actor_loss = -self.critic(observations, self.actor(observations, sampled))[0].mean()
+        actor_loss = -self.critic.member(0, observations, self.actor(observations, sampled)).mean()
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward(inputs=list(self.actor.parameters()))
         self.actor_optimizer.step()
@@ -228,7 +228,7 @@ class BCQ:
         n, batch_size = self.config.eval_sampled_actions, len(states)
         repeated = states.repeat(n, 1)
         candidates = self.actor(repeated, self.vae.decode(repeated))  # (n B, A)
-        best = self.critic(repeated, candidates)[0].view(n, batch_size).argmax(0)  # (B,)
+        best = self.critic.member(0, repeated, candidates).view(n, batch_size).argmax(0)  # (B,)
         chosen = candidates.view(n, batch_size, -1)[best, torch.arange(batch_size)]
         return chosen.cpu().numpy()
 

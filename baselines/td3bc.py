@@ -8,7 +8,8 @@ TD3 with a behaviour-cloning term in the actor loss and normalised states:
              L_pi = -lambda E Q_1(s, pi(s)) + E ||pi(s) - a||^2       every `policy_delay` steps
 
 with alpha 2.5, sigma 0.2 M, c 0.5 M (M = max_action), policy delay 2, Polyak 0.005 for both
-targets, Adam 3e-4, as in the authors' code. The twin critic is one `CriticEnsemble` of 2.
+targets, Adam 3e-4, as in the authors' code. The twin critic is one `CriticEnsemble` of 2; the
+actor's Q_1 is computed alone (`CriticEnsemble.member`), not as half of both critics' output.
 Deliberate deviation: none. The actor's last loss is reported at every step (it is updated every
 second step) so that logged averages are not halved.
 """
@@ -118,7 +119,7 @@ class TD3BC:
     def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """-lambda E Q_1(s, pi(s)) + E ||pi(s) - a||^2 and lambda = alpha / E|Q_1| (detached)."""
         policy_actions = self.actor(batch["observations"])
-        q1 = self.critic(batch["observations"], policy_actions)[0]
+        q1 = self.critic.member(0, batch["observations"], policy_actions)
         lmbda = self.config.alpha / q1.abs().mean().detach()
         bc = (policy_actions - batch["actions"]).square().mean()
         return -lmbda * q1.mean() + bc, lmbda

@@ -135,6 +135,12 @@ class EnsembleLinear(nn.Module):
             return (x * self.weight.transpose(1, 2)).sum(-1, keepdim=True) + self.bias
         return torch.baddbmm(self.bias, x, self.weight)
 
+    def member(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Member k alone on (B, in) -> (B, out): forward's [k] at 1/N of the cost."""
+        if self.scalar_output:
+            return (x * self.weight[k, :, 0]).sum(-1, keepdim=True) + self.bias[k]
+        return torch.addmm(self.bias[k], x, self.weight[k])
+
 
 class EnsembleMLP(nn.Module):
     """N MLPs with identical shapes evaluated together. Input (B, in) is shared by all members;
@@ -162,6 +168,12 @@ class EnsembleMLP(nn.Module):
             x = x.unsqueeze(0).expand(self.ensemble_size, -1, -1)
         return self.net(x)
 
+    def member(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """MLP k alone on (B, in) -> (B, out)."""
+        for layer in self.net:
+            x = layer.member(x, k) if isinstance(layer, EnsembleLinear) else layer(x)
+        return x
+
 
 class CriticEnsemble(nn.Module):
     """N Q-functions Q_k(s, a) on concat(s, a). forward -> (N, B)."""
@@ -181,6 +193,12 @@ class CriticEnsemble(nn.Module):
     def forward(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         q = self.net(torch.cat([observations, actions], dim=-1)).squeeze(-1)
         return q.float()  # fp32 under bf16 autocast (a no-op otherwise)
+
+    def member(self, k: int, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Q_k(s, a) alone, (B,): for losses that use one critic (TD3+BC's and BCQ's actors),
+        without computing the others."""
+        q = self.net.member(torch.cat([observations, actions], dim=-1), k).squeeze(-1)
+        return q.float()
 
     def min(self, observations: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Pessimistic value min_k Q_k(s, a): (B,)."""

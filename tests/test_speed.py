@@ -22,7 +22,7 @@ from dql.batched_seeds import run_batched, supports_batched_seeds, train_batched
 from dql.diffusion_ql import COMPILE_MIN_STEPS, DiffusionQL, DiffusionQLConfig
 from dql.errors import ConfigError
 from dql.export import find_agent_class
-from dql.nets import make_optimizer
+from dql.nets import CriticEnsemble, make_optimizer
 
 OBS_DIM, ACT_DIM = 4, 2
 ROOT = Path(__file__).resolve().parent.parent
@@ -304,6 +304,33 @@ def test_compile_is_off_for_short_runs() -> None:
 
 
 # --------------------------------------------------------------------------- optimiser
+
+
+def test_one_critic_alone_is_that_member_of_the_ensemble() -> None:
+    """CriticEnsemble.member(k) (used where a loss needs Q_1 only) gives forward()[k]: same
+    values and same gradients for the inputs and that member's weights."""
+    torch.manual_seed(0)
+    critic = CriticEnsemble(OBS_DIM, ACT_DIM, 3, (32, 32))
+    observations = torch.randn(16, OBS_DIM)
+    for k in range(3):
+        grads = []
+        for q_of in (
+            lambda a, k=k: critic(observations, a)[k],
+            lambda a, k=k: critic.member(k, observations, a),
+        ):
+            actions = torch.randn(16, ACT_DIM, generator=torch.Generator().manual_seed(k))
+            actions.requires_grad_(True)
+            critic.zero_grad(set_to_none=True)
+            q = q_of(actions)
+            q.square().sum().backward()
+            grads.append(
+                (q.detach(), actions.grad, [p.grad[k].clone() for p in critic.parameters()])
+            )
+        (q_all, a_all, w_all), (q_one, a_one, w_one) = grads
+        torch.testing.assert_close(q_one, q_all, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a_one, a_all, rtol=1e-5, atol=1e-6)
+        for mine, theirs in zip(w_one, w_all):
+            torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
 
 
 def test_fused_adam_matches_foreach_adam() -> None:
