@@ -7,14 +7,20 @@ What is measured, per algorithm, at paper settings (batch 256, hidden 256, Hoppe
 11-d observations, 3-d actions, random synthetic transitions; no env needed for training):
 
 - gradient steps per second of `update(buffer.sample(256))`, metrics accumulated every step and
-  synced once per chunk, as `dql.training.run_training` does;
+  synced once per chunk, as `dql.training.run_training` does; again with `--precision bf16`
+  (and, for Diffusion-QL, without compile) to show what each knob contributes;
+- matmul FLOPs per step of ours and the reference (torch.utils.flop_counter on eager steps),
+  hence each one's fraction of the measured fp32 matmul peak and the fp32 ceiling: the most an
+  implementation of the same FLOPs could gain over the reference;
 - action selection, milliseconds per `act` call on 1 and on 10 observations;
 - evaluation episodes per second on Hopper-v5 (short episodes, no early termination): 10
   episodes in parallel through `dql.evaluation.evaluate` against the same episodes one after
-  another (batch-1 `act`, as the published code evaluates);
+  another (batch-1 `act`, as the published code evaluates), plus the gain of each part alone
+  (a free policy: the env's share; 10 act(1) / act(10): the policy's share);
 - peak memory of training steps (resident-set high-water mark over the steps, CUDA:
   max_memory_allocated);
-- Diffusion-QL only: 5 seeds trained as one batched model against 1 seed, per gradient step.
+- Diffusion-QL only: 5 seeds trained as one batched model against 1 seed, per gradient step,
+  compiled or not, fp32 or bf16, at 1 thread and at every core.
 
 References, built in this file or imported: for Diffusion-QL `EagerDiffusionQL` below, the
 identical maths written the obvious way, as the published code is (two critic modules, a
