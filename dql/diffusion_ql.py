@@ -478,9 +478,12 @@ class DiffusionQL:
             with torch.no_grad():  # no backward through the scale's critic
                 q_scale = self.critic.one(state, new_action, 1 - pick).abs().mean(-1)
             q_loss = -q_maximised / q_scale
+            actor_loss = bc_loss + self.config.eta * q_loss
         else:  # Diffusion-BC: skip the sampling chain
+            # The loss is bc_loss itself: `bc_loss + 0 * zeros` compiles (torch 2.13) to an
+            # output that has lost its grad_fn once its detached copy is also returned.
             q_loss = torch.zeros_like(bc_loss)
-        actor_loss = bc_loss + self.config.eta * q_loss
+            actor_loss = bc_loss
         metrics = {"bc_loss": bc_loss.detach(), "q_loss": q_loss.detach()}
         return actor_loss, {**metrics, "actor_loss": actor_loss.detach()}
 
