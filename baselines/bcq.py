@@ -11,8 +11,9 @@ samples by at most phi * M; the policy takes the best of n perturbed samples und
     act:       argmax_j Q_1(s, a_j) over 100 perturbed samples
 
 Decoder samples use z ~ N(0, I) clipped to [-0.5, 0.5]. Sizes and rates of the authors' code:
-VAE 750-750 with latent 2 x action_dim, actor and critics 400-300, Adam 1e-3, phi 0.05,
-lambda 0.75, Polyak 0.005 for the target actor and critics. Deliberate deviation: none.
+VAE 750-750 with latent 2 x action_dim, actor and critics 400-300, Adam 1e-3, batch 100, phi 0.05,
+lambda 0.75, Polyak 0.005 for the target actor and critics, raw states (no observation
+normalisation: this config turns the harness's standardisation off). Deliberate deviation: none.
 (Implementation note: on a CPU, with large batches or networks, the target's n samples go through
 the networks one sample at a time, which keeps the activations in cache; else as one batch.)
 """
@@ -49,6 +50,10 @@ LATENT_CLIP = 0.5
 class Config(TrainConfig):
     """BCQ (Fujimoto et al. 2019)."""
 
+    batch_size: int = 100
+    """Transitions per gradient step (the authors' 100)."""
+    normalize_observations: bool = False
+    """Standardise observations with the dataset's mean and std (the authors feed raw states)."""
     phi: float = 0.05
     """Largest perturbation of a generated action, as a fraction of max_action."""
     lmbda: float = 0.75

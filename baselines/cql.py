@@ -6,7 +6,8 @@ Q down on actions the policy and a uniform proposal would pick and up on the dat
     actor:    L_pi = E [ alpha_H log pi(a~|s) - min_k Q_k(s, a~) ],   a~ ~ pi(.|s)
     entropy:  L_alpha = -E [ log alpha_H (log pi(a~|s) + target_entropy) ],  target = -action_dim
     critic:   y = r + gamma (1 - d) min_k Q'_k(s', a'),   a' ~ pi(.|s')
-              L_Q = sum_k E (Q_k(s, a) - y)^2 + cql_alpha * sum_k E [ logsumexp_j Q~_k(s, a_j) - Q_k(s, a) ]
+              D_k = E clip(logsumexp_j Q~_k(s, a_j) - Q_k(s, a), clip_min, clip_max)
+              L_Q = sum_k E (Q_k(s, a) - y)^2 + cql_alpha * sum_k D_k
 
 The logsumexp runs over 3 x `num_sampled_actions` actions per state with importance weights
 (CQL(H) as in the authors' code): Q~ = Q(s, a_j) - log mu(a_j) with a_j from the uniform
@@ -14,13 +15,29 @@ distribution on [-M, M]^A, from pi(.|s) and from pi(.|s') (each evaluated at s, 
 detached). The actor distribution of a state is computed once and all its samples drawn from it;
 on a CPU, with large batches or networks, the critics see the 3n action sets one at a time
 (activations stay in cache), else all in one batch.
-Defaults (CORL / the authors' code): cql_alpha 5 locomotion, 10 AntMaze
-(experiments/hyperparams/cql.toml), critic lr 3e-4, policy lr 1e-4 (3e-5 in CORL), entropy lr
-3e-4 with alpha_H starting at 1, no entropy term in the target (backup_entropy off), Polyak
-0.005, orthogonal init (gain sqrt 2, output layer 1e-2), critics 256-256.
 
-Deliberate deviations: no Lagrangian (auto-tuned cql_alpha with a target action gap) variant;
-no initial BC warm-up of the policy; critics 2 x 256 rather than CORL's 3 x 256 (d3rlpy's size).
+Two options of CORL's implementation, used in its AntMaze configs:
+- --lagrange: the penalty becomes alpha' cql_alpha sum_k (D_k - target_action_gap), with the dual
+  variable alpha' = exp(log alpha') trained to minimise -alpha' cql_alpha sum_k (D_k - gap) / 2
+  (log alpha' starts at 1, Adam at the critic lr): alpha' grows while the gaps D_k exceed
+  `target_action_gap` and shrinks once they are below it.
+- --max-target-backup: a' is the best of `num_sampled_actions` samples of pi(.|s'), each scored
+  by min_k Q'_k, instead of one sample.
+
+Defaults are CORL's (corl-team/CORL, algorithms/offline/cql.py and its configs): Gym locomotion
+cql_alpha 10, policy lr 3e-5, critic lr 3e-4, entropy lr equal to the policy lr with alpha_H
+starting at 1, no entropy term in the target (backup_entropy off), Polyak 0.005, batch 256,
+standardised observations; AntMaze the Lagrange variant with cql_alpha 5 and target action gap
+0.8, the max-target backup, D_k clipped below at -200, rewards 10 r - 5 and policy lr 1e-4, raw
+states; pen cql_alpha 1 (experiments/hyperparams/cql.toml). The actor is CORL's: 3 x 256, its
+hidden layers at torch's default init, its output layer xavier-uniform with gain 1e-2 and zero
+bias, log sigma(s) = m f(s) + b with learned scalars m (from 1) and b (from -1), so every
+action dimension starts at mean ~0 and std ~e^-1 = 0.37 (dql.policies_common.TanhGaussianActor).
+The critics are orthogonally initialised (gain sqrt 2, output layer 1e-2), as CORL's.
+
+Deliberate deviations: no initial BC warm-up of the policy (CORL's default bc_steps is 0 too);
+critics 2 x 256 (d3rlpy's size, cheaper on CPU) rather than CORL's deeper critics
+(3 x 256 on Gym).
 """
 
 from __future__ import annotations
@@ -59,30 +76,42 @@ ALGORITHM = "cql"
 class Config(TrainConfig):
     """CQL(H) on a SAC backbone (Kumar et al. 2020)."""
 
-    cql_alpha: float = 5.0
-    """Weight of the conservative penalty (5 for locomotion, 10 for AntMaze)."""
+    cql_alpha: float = 10.0
+    """Weight of the conservative penalty (CORL: 10 on Gym locomotion, 5 with --lagrange on AntMaze, 1 on pen)."""
+    lagrange: bool = False
+    """Tune the penalty weight alpha' cql_alpha by dual gradient ascent toward --target-action-gap."""
+    target_action_gap: float = 0.8
+    """With --lagrange: the gap E[logsumexp Q - Q(s, a)] per critic that alpha' aims for."""
+    cql_clip_diff_min: float = -math.inf
+    """Lower clip of each state's gap logsumexp Q - Q(s, a) in the penalty (CORL's AntMaze: -200)."""
+    cql_clip_diff_max: float = math.inf
+    """Upper clip of each state's gap logsumexp Q - Q(s, a) in the penalty."""
+    max_target_backup: bool = False
+    """TD target with the best of --num-sampled-actions policy samples at s' (max over them of min_k Q'_k)."""
     num_sampled_actions: int = 10
-    """Actions per proposal (uniform, pi(.|s), pi(.|s')) in the penalty's logsumexp."""
+    """Actions per proposal (uniform, pi(.|s), pi(.|s')) in the penalty's logsumexp, and in the max-target backup."""
     cql_temperature: float = 1.0
     """Temperature of the penalty's logsumexp."""
     discount: float = 0.99
     """Discount factor gamma."""
     tau: float = 0.005
     """Polyak rate of the target critics."""
-    actor_lr: float = 1e-4
-    """Adam learning rate of the policy."""
+    actor_lr: float = 3e-5
+    """Adam learning rate of the policy (CORL: 3e-5 on Gym locomotion, 1e-4 on AntMaze)."""
     critic_lr: float = 3e-4
-    """Adam learning rate of the critics."""
-    entropy_lr: float = 3e-4
-    """Adam learning rate of log alpha_H (the entropy temperature)."""
+    """Adam learning rate of the critics (and of log alpha' with --lagrange)."""
+    entropy_lr: float = 3e-5
+    """Adam learning rate of log alpha_H, the entropy temperature (CORL: the policy's)."""
     initial_entropy_alpha: float = 1.0
     """Starting value of the entropy temperature alpha_H."""
     backup_entropy: bool = False
     """Subtract alpha_H log pi(a'|s') in the TD target (SAC's soft backup)."""
     orthogonal_init: bool = True
-    """Orthogonal weight init (gain sqrt 2; 1e-2 for the output layers)."""
+    """Orthogonal init of the critics (gain sqrt 2; 1e-2 for the output layer), as CORL's."""
+    actor_hidden: tuple[int, ...] = (256, 256, 256)
+    """Hidden layer widths of the actor (CORL: 3 x 256)."""
     hidden: tuple[int, ...] = (256, 256)
-    """Hidden layer widths of actor and critics."""
+    """Hidden layer widths of the critics."""
     precision: str = "fp32"
     """fp32, or bf16: the training step's matmuls in bfloat16 (dql.nets.autocast); acting is fp32."""
 
@@ -93,6 +122,11 @@ class Config(TrainConfig):
             raise ConfigError(f"--cql-alpha must be >= 0, got {self.cql_alpha}")
         if self.num_sampled_actions < 1:
             raise ConfigError(f"--num-sampled-actions must be >= 1, got {self.num_sampled_actions}")
+        if not self.cql_clip_diff_min < self.cql_clip_diff_max:
+            raise ConfigError(
+                f"--cql-clip-diff-min must be below --cql-clip-diff-max, got "
+                f"{self.cql_clip_diff_min} and {self.cql_clip_diff_max}"
+            )
         if not self.cql_temperature > 0:
             raise ConfigError(f"--cql-temperature must be > 0, got {self.cql_temperature}")
         if not 0 <= self.discount <= 1:
@@ -105,8 +139,12 @@ class Config(TrainConfig):
             raise ConfigError(
                 f"--initial-entropy-alpha must be > 0, got {self.initial_entropy_alpha}"
             )
-        if not self.hidden or min(self.hidden) < 1:
-            raise ConfigError(f"--hidden must be positive widths, got {self.hidden}")
+        for name in ("hidden", "actor_hidden"):
+            widths = getattr(self, name)
+            if not widths or min(widths) < 1:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be positive widths, got {widths}"
+                )
 
 
 class CQL:
@@ -117,10 +155,12 @@ class CQL:
         self.device = torch.device(config.device)
         self.action_dim = action_dim
         self.max_action = max_action
-        self.actor = TanhGaussianActor(observation_dim, action_dim, max_action, config.hidden)
+        # CORL's actor: initial mean ~0 and std ~0.37 in every action dimension
+        self.actor = TanhGaussianActor(
+            observation_dim, action_dim, max_action, config.actor_hidden, log_std_offset=-1.0
+        )
         self.critic = CriticEnsemble(observation_dim, action_dim, 2, config.hidden)
         if config.orthogonal_init:
-            orthogonal_init_(self.actor)
             orthogonal_init_(self.critic)
         self.actor.to(self.device)
         self.critic.to(self.device)
@@ -129,11 +169,14 @@ class CQL:
             math.log(config.initial_entropy_alpha), device=self.device, requires_grad=True
         )
         self.target_entropy = -float(action_dim)
+        # log alpha' of --lagrange (CORL starts it at 1, i.e. alpha' = e)
+        self.log_cql_alpha_prime = torch.tensor(1.0, device=self.device, requires_grad=True)
         # log-density of the uniform proposal on [-M, M]^A
         self.uniform_log_prob = -action_dim * math.log(2.0 * max_action)
         self.actor_optimizer = make_optimizer(self.actor.parameters(), config.actor_lr)
         self.critic_optimizer = make_optimizer(self.critic.parameters(), config.critic_lr)
         self.entropy_optimizer = make_optimizer([self.log_entropy_alpha], config.entropy_lr)
+        self.lagrange_optimizer = make_optimizer([self.log_cql_alpha_prime], config.critic_lr)
 
     def conservative_penalty(
         self,
@@ -142,8 +185,9 @@ class CQL:
         policy: tuple[torch.Tensor, torch.Tensor],
         next_policy: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
-        """sum_k E [ T logsumexp_j (Q_k(s, a_j) - log mu(a_j)) / T - Q_k(s, a) ] over uniform,
-        pi(.|s) and pi(.|s') proposals; `policy`/`next_policy` are (mean, log_std) of pi at s, s'."""
+        """The gaps D_k = E clip(T logsumexp_j (Q_k(s, a_j) - log mu(a_j)) / T - Q_k(s, a)), (2,),
+        over uniform, pi(.|s) and pi(.|s') proposals; `policy`/`next_policy` are (mean, log_std)
+        of pi at s and s'."""
         c = self.config
         n, batch, action_dim = c.num_sampled_actions, q_data.shape[1], self.action_dim
         with torch.no_grad():
@@ -166,7 +210,8 @@ class CQL:
             q = torch.stack([self.critic(observations, a) for a in actions], dim=1)
         q = q - log_density  # (2, 3n, B)
         logsumexp = torch.logsumexp(q / c.cql_temperature, dim=1) * c.cql_temperature  # (2, B)
-        return (logsumexp - q_data).mean(dim=1).sum()
+        gaps = (logsumexp - q_data).clamp(c.cql_clip_diff_min, c.cql_clip_diff_max)  # (2, B)
+        return gaps.mean(dim=1)
 
     @at_config_precision  # --precision bf16: the step under autocast
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -196,15 +241,36 @@ class CQL:
         # critics: TD error + conservative penalty
         with torch.no_grad():
             policy = (policy[0].detach(), policy[1].detach())
-            next_actions, next_log_prob = self.actor.sample(*next_policy)
-            next_q = self.critic_target.min(next_observations, next_actions)
+            if c.max_target_backup:  # the best of n samples of pi(.|s'), each scored by min_k Q'_k
+                n = c.num_sampled_actions
+                next_actions, next_log_prob = self.actor.sample(*next_policy, num_samples=n)
+                next_q = self.critic_target.min(
+                    next_observations.repeat(n, 1), next_actions.reshape(-1, self.action_dim)
+                ).view(n, -1)  # (n, B)
+                next_q, best = next_q.max(dim=0)
+                next_log_prob = next_log_prob.gather(0, best[None]).squeeze(0)
+            else:
+                next_actions, next_log_prob = self.actor.sample(*next_policy)
+                next_q = self.critic_target.min(next_observations, next_actions)
             if c.backup_entropy:
                 next_q = next_q - entropy_alpha * next_log_prob
             target = batch["rewards"] + c.discount * (1.0 - batch["terminals"]) * next_q
         q = self.critic(observations, batch["actions"])  # (2, B)
         td_loss = (q - target).square().mean(dim=1).sum()
-        penalty = self.conservative_penalty(observations, q, policy, next_policy)
-        critic_loss = td_loss + c.cql_alpha * penalty
+        gaps = self.conservative_penalty(observations, q, policy, next_policy)  # (2,)
+        metrics: dict[str, torch.Tensor] = {}
+        if c.lagrange:  # weight alpha' cql_alpha on (D_k - gap); alpha' rises while D_k > gap
+            cql_alpha_prime = self.log_cql_alpha_prime.exp().clamp(0.0, 1e6)
+            excess = gaps - c.target_action_gap
+            penalty = (cql_alpha_prime.detach() * c.cql_alpha * excess).sum()
+            lagrange_loss = -0.5 * (cql_alpha_prime * c.cql_alpha * excess.detach()).sum()
+            self.lagrange_optimizer.zero_grad(set_to_none=True)
+            lagrange_loss.backward()
+            self.lagrange_optimizer.step()
+            metrics["cql_alpha_prime"] = cql_alpha_prime.detach()
+        else:
+            penalty = c.cql_alpha * gaps.sum()
+        critic_loss = td_loss + penalty
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_optimizer.step()
@@ -213,10 +279,11 @@ class CQL:
         return {
             "critic_loss": critic_loss.detach(),
             "td_loss": td_loss.detach(),
-            "cql_penalty": penalty.detach(),
+            "cql_penalty": gaps.detach().sum(),
             "actor_loss": actor_loss.detach(),
             "entropy_alpha": entropy_alpha.detach(),
             "q_mean": q.detach().mean(),
+            **metrics,
         }
 
     @torch.no_grad()
@@ -231,9 +298,11 @@ class CQL:
             "critic": self.critic.state_dict(),
             "critic_target": self.critic_target.state_dict(),
             "log_entropy_alpha": self.log_entropy_alpha.detach().clone(),
+            "log_cql_alpha_prime": self.log_cql_alpha_prime.detach().clone(),
             "actor_optimizer": self.actor_optimizer.state_dict(),
             "critic_optimizer": self.critic_optimizer.state_dict(),
             "entropy_optimizer": self.entropy_optimizer.state_dict(),
+            "lagrange_optimizer": self.lagrange_optimizer.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -241,9 +310,9 @@ class CQL:
             getattr(self, name).load_state_dict(state[name])
         with torch.no_grad():
             self.log_entropy_alpha.copy_(state["log_entropy_alpha"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.entropy_optimizer.load_state_dict(state["entropy_optimizer"])
+            self.log_cql_alpha_prime.copy_(state["log_cql_alpha_prime"])
+        for name in ("actor", "critic", "entropy", "lagrange"):
+            getattr(self, f"{name}_optimizer").load_state_dict(state[f"{name}_optimizer"])
 
 
 def train(config: Config) -> dict[str, Any]:

@@ -16,6 +16,9 @@ first step from the same noisy trajectories, as Diffuser's value diffusion does:
 
     L_value = E_{i, tau, eps} (J_phi(C(tau_i), i) - sum_{k>=0} gamma^k r_{start+k})^2
 
+Both models see trajectories normalised the same way (`--trajectory-normalizer`: Gaussian for
+locomotion, as both of the public code's models now use).
+
 Planning (reverse chain, EMA weights, i = T-1 .. 0), with the known states written back after
 every change to the trajectory, so a plan honours them exactly:
 
@@ -24,9 +27,19 @@ every change to the trajectory, so a plan honours them exactly:
 
 with Sigma_i the posterior variance (the paper's "gradient scaled by the variance"). Locomotion:
 `num_plans` plans per state, the one with the highest J(tau_0, 0) is kept, its first action is
-executed and the agent replans every step (receding horizon). Goal reaching (PointMaze): plan
-once from the current state to the goal and track the planned positions with a PD rule
-a = kp (wp - pos) - kd vel (clipped), as the paper does on Maze2D.
+executed and the agent replans every step (receding horizon). The value model's discount is
+0.997, that of the value models the published locomotion plan config loads (its value training
+config's own default is 0.99). Goal reaching
+(PointMaze): plan once from the current state to the goal and track the plan toward its next
+state (pos_w, vel_w) with the published Maze2D rule (its maze2d branch)
+
+    a = (pos_w - pos) + (vel_w - vel)     (vel_w = 0 past the plan's end; clipped to [-M, M])
+
+or, with --waypoint-controller pd, with the rule D4RL's Maze2D data were collected by,
+a = kp (pos_w - pos) - kd vel. The published rule follows the planned velocities, so it needs a
+planner whose velocities agree with its positions; the small planner of tests/test_diffuser.py,
+trained for 800-4000 steps, plans velocities far below its positions' rate of change and reaches
+12-31% of that test's goals with it, against 78-81% with pd, which reads positions only.
 
 Observations and goals. With `--goal-size G > 0` (dict-observation goal envs: the flattened
 observation is [observation, achieved_goal (G), desired_goal (G)]), the planner's state is the
@@ -45,9 +58,6 @@ Deliberate deviations from the paper and its public code (jannerm/diffuser):
 - Diffusion and value model train together, one gradient step each per `update` (public code:
   two separate runs of 1M and 200k steps, batch 32 with 2-step gradient accumulation, which
   `batch_size = 64` matches). `--train-value false` skips the value model (goal reaching).
-- One trajectory normaliser for both models (public code: Gaussian for the diffusion model and
-  min-max limits for the value model, although the guide differentiates the value model in the
-  diffusion model's normalised space).
 - The value model is the U-Net's encoder pooled over time (mean) and an MLP head, so it works
   at any planning horizon; public code flattens the last feature map (fixed horizon).
 - Windows lie inside episodes (`ReplayBuffer.window_starts`); public code pads terminated
@@ -85,6 +95,7 @@ from dql.training import TrainConfig, resolve_device, run_training, seed_everyth
 
 ALGORITHM = "diffuser"
 CONDITIONING = ("auto", "start", "goal")
+WAYPOINT_CONTROLLERS = ("diffuser", "pd")
 NORMALIZERS = ("gaussian", "limits")
 # Config fields that fix the shapes or meaning of trained weights (taken from a run's
 # config.json when evaluating one of its checkpoints with --eval-only).
@@ -144,8 +155,8 @@ class Config(TrainConfig):
     """Before this step the EMA copies the weights."""
     train_value: bool = True
     """Train the value model used for guidance and plan ranking."""
-    discount: float = 0.99
-    """Discount gamma of the value model's return-to-go target."""
+    discount: float = 0.997
+    """Discount gamma of the value model's return-to-go target (the published plan config's 0.997)."""
     termination_penalty: float = -100.0
     """Added to the reward of terminal steps in the value target."""
     # ---- planning (all of these can change at test time without retraining)
@@ -164,11 +175,13 @@ class Config(TrainConfig):
     replan_interval: int = 1
     """Replan every this many env steps (0: once per episode)."""
     waypoint_tracking: bool = False
-    """Goal reaching: track planned positions with a PD rule instead of executing planned actions."""
+    """Goal reaching: steer toward the plan's next state instead of executing planned actions."""
+    waypoint_controller: str = "diffuser"
+    """diffuser: a = (pos_w - pos) + (vel_w - vel), the published Maze2D rule; pd: a = kp (pos_w - pos) - kd vel, D4RL's data-collection rule."""
     waypoint_kp: float = 10.0
-    """PD tracking gain on the position error."""
+    """--waypoint-controller pd: gain on the position error."""
     waypoint_kd: float = 1.0
-    """PD tracking gain on the velocity (damping)."""
+    """--waypoint-controller pd: gain on the velocity (damping)."""
     # ---- evaluation of a trained checkpoint
     eval_only: bool = False
     """Evaluate --checkpoint without training (the planning flags above apply)."""
@@ -223,6 +236,11 @@ class Config(TrainConfig):
         if self.learning_rate <= 0 or self.action_weight < 0 or self.guidance_scale < 0:
             raise ConfigError(
                 "--learning-rate must be > 0, --action-weight and --guidance-scale >= 0"
+            )
+        if self.waypoint_controller not in WAYPOINT_CONTROLLERS:
+            raise ConfigError(
+                f"--waypoint-controller must be one of {', '.join(WAYPOINT_CONTROLLERS)}, "
+                f"got {self.waypoint_controller!r}"
             )
         if self.waypoint_tracking and self.goal_size <= 0:
             raise ConfigError("--waypoint-tracking needs --goal-size > 0 (positions to track)")
@@ -480,10 +498,20 @@ def discounted_returns_to_go(
 
 
 def track_waypoint(
-    position: np.ndarray, velocity: np.ndarray, waypoint: np.ndarray, kp: float, kd: float
+    position: np.ndarray,
+    velocity: np.ndarray,
+    waypoint_position: np.ndarray,
+    waypoint_velocity: np.ndarray,
+    controller: str,
+    kp: float = 10.0,
+    kd: float = 1.0,
 ) -> np.ndarray:
-    """PD rule a = kp (waypoint - position) - kd velocity (batched, unclipped)."""
-    return kp * (waypoint - position) - kd * velocity
+    """The action toward a waypoint (batched, unclipped). `diffuser`, the published Maze2D rule:
+    a = (pos_w - pos) + (vel_w - vel); `pd`, D4RL's data-collection rule:
+    a = kp (pos_w - pos) - kd vel."""
+    if controller == "diffuser":
+        return (waypoint_position - position) + (waypoint_velocity - velocity)
+    return kp * (waypoint_position - position) - kd * velocity
 
 
 # ----------------------------------------------------------------------------- planner / agent
@@ -717,12 +745,20 @@ class Diffuser:
         self._previous = observations.copy()
         horizon = self._plan.states.shape[1]
         rows = np.arange(len(observations))
-        if c.waypoint_tracking:
+        if c.waypoint_tracking:  # toward the plan's next state: position (G), velocity (G)
             g = self.goal_size
             k = np.minimum(self._since_plan + 1, horizon - 1)
-            waypoints = self._plan.states[rows, k, :g].cpu().numpy()
-            position, velocity = observations[:, :g], observations[:, g : 2 * g]
-            actions = track_waypoint(position, velocity, waypoints, c.waypoint_kp, c.waypoint_kd)
+            waypoints = self._plan.states[rows, k, : 2 * g].cpu().numpy()
+            waypoints[self._since_plan >= horizon - 1, g:] = 0.0  # past the plan's end: stop there
+            actions = track_waypoint(
+                observations[:, :g],
+                observations[:, g : 2 * g],
+                waypoints[:, :g],
+                waypoints[:, g:],
+                c.waypoint_controller,
+                c.waypoint_kp,
+                c.waypoint_kd,
+            )
         else:
             k = np.minimum(self._since_plan, horizon - 1)
             actions = self._plan.actions[rows, k].cpu().numpy()
@@ -834,6 +870,7 @@ def evaluate_checkpoint(config: Config) -> dict[str, Any]:
                 "guidance_stop",
                 "replan_interval",
                 "waypoint_tracking",
+                "waypoint_controller",
             )
         },
         "episodes": result.episodes(),

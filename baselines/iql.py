@@ -7,13 +7,21 @@ Never queries Q at actions outside the dataset. With u = min_k Q'_k(s, a) - V(s)
     actor:   L_pi = -E min(exp(beta u), 100) log pi(a|s)          (advantage-weighted regression)
              or, with --deterministic-actor, E min(exp(beta u), 100) ||pi(s) - a||^2
 
-in that order each step (V with the target critics, Q with the freshly updated V at s', the
-actor with the advantages u of the V step), then Polyak 0.005 on the target critics. The actor
-is a Gaussian with a tanh-squashed mean and a state-independent std (the authors' choice for
-locomotion); its learning rate decays by a cosine over `steps`. Expectile 0.7 / beta 3 for
-locomotion, 0.9 / 10 for AntMaze (experiments/hyperparams/iql.toml, with the reward transforms:
-1000 / (max return - min return) for locomotion, r - 1 for AntMaze). Adam 3e-4 everywhere.
-Deliberate deviation: none (no dropout, which the authors use only for some Adroit/Kitchen runs).
+Each step updates V first (against the target critics), then the critics and the actor both
+with the updated V: the critics' target uses it at s', the actor's advantages u at s (the
+authors' order), then Polyak 0.005 on the target critics. The actor is a Gaussian with a
+tanh-squashed mean and a state-independent std (the authors' choice for locomotion); its learning
+rate decays by a cosine over `steps`. Adam 3e-4 everywhere, batch 256. The authors' settings per
+task (experiments/hyperparams/iql.toml): expectile 0.7 / beta 3 and rewards scaled by
+1000 / (max return - min return) for locomotion, 0.9 / 10 and r - 1 for AntMaze, beta 0.5 for
+Adroit (pen) and Kitchen; CORL's per-dataset changes (deterministic actor and tau 0.001 on some
+hopper datasets, ...) are not used.
+
+Deliberate deviations:
+- Observations are standardised (the harness's default, as in CORL's IQL, whose scores are the
+  published reference for this suite); the authors' code feeds raw states, which
+  --normalize-observations false gives.
+- No dropout: the authors use dropout 0.1 in the actor for Adroit and Kitchen.
 """
 
 from __future__ import annotations
@@ -124,24 +132,27 @@ class IQL:
         # value: expectile regression of V(s) onto the target critics' min Q(s, a)
         with torch.no_grad():
             target_q = self.critic_target.min(observations, actions)
-        advantage = target_q - self.value(observations).squeeze(-1)
-        value_loss = expectile_loss(advantage, c.expectile)
+        value_loss = expectile_loss(target_q - self.value(observations).squeeze(-1), c.expectile)
         self.value_optimizer.zero_grad(set_to_none=True)
         value_loss.backward()
         self.value_optimizer.step()
 
-        # critics: one-step TD onto V(s'), never a max over actions
+        # the updated V at s (the actor's advantages) and at s' (the critics' target), one pass
         with torch.no_grad():
-            next_v = self.value(batch["next_observations"]).squeeze(-1)
-            target = batch["rewards"] + c.discount * (1.0 - batch["terminals"]) * next_v
+            both = torch.cat([observations, batch["next_observations"]])
+            v, next_v = self.value(both).squeeze(-1).float().chunk(2)
+            advantage = target_q - v
+
+        # critics: one-step TD onto V(s'), never a max over actions
+        target = batch["rewards"] + c.discount * (1.0 - batch["terminals"]) * next_v
         q = self.critic(observations, actions)  # (2, B)
         critic_loss = (q - target).square().mean(dim=1).sum()
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_optimizer.step()
 
-        # actor: advantage-weighted regression with the advantages of the value step
-        weights = torch.exp(c.beta * advantage.detach()).clamp(max=MAX_ADVANTAGE_WEIGHT)
+        # actor: advantage-weighted regression
+        weights = torch.exp(c.beta * advantage).clamp(max=MAX_ADVANTAGE_WEIGHT)
         if c.deterministic_actor:
             bc_losses = (self.actor(observations) - actions).square().sum(-1)
         else:
@@ -157,7 +168,7 @@ class IQL:
             "value_loss": value_loss.detach(),
             "critic_loss": critic_loss.detach(),
             "actor_loss": actor_loss.detach(),
-            "advantage_mean": advantage.detach().mean(),
+            "advantage_mean": advantage.mean(),
             "q_mean": q.detach().mean(),
         }
 

@@ -50,7 +50,9 @@ D4RL_ENV_IDS: dict[str, str] = {
 }
 
 OBSERVATION_KEY_ORDER = ("observation", "achieved_goal", "desired_goal")
-REWARD_TRANSFORMS = ("none", "zscore", "normalize", "locomotion", "cql_antmaze", "antmaze")
+REWARD_TRANSFORMS = (
+    *("none", "zscore", "normalize", "locomotion", "cql_antmaze", "corl_antmaze", "antmaze"),
+)
 HDF5_REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 _MINARI_ID = re.compile(r"^([\w.-]+/)*[\w.-]+-v\d+$")
 
@@ -202,7 +204,7 @@ def transform_rewards(transitions: Transitions, kind: str) -> np.ndarray:
 
     none; zscore (alias normalize): (r - mean) / std; locomotion (IQL):
     r * 1000 / (max_return - min_return) over episodes; cql_antmaze: (r - 0.5) * 4;
-    antmaze (IQL): r - 1.
+    corl_antmaze (CORL's CQL): 10 r - 5; antmaze (IQL): r - 1.
     """
     r = transitions.rewards.astype(np.float64)
     if kind == "none":
@@ -220,6 +222,8 @@ def transform_rewards(transitions: Transitions, kind: str) -> np.ndarray:
         out = r * 1000.0 / spread
     elif kind == "cql_antmaze":
         out = (r - 0.5) * 4.0
+    elif kind == "corl_antmaze":
+        out = r * 10.0 - 5.0
     elif kind == "antmaze":
         out = r - 1.0
     else:

@@ -153,6 +153,21 @@ class Diffusion(nn.Module):
         predicted = self.denoiser(self.q_sample(x0, t, noise), t, state)
         return (predicted - noise).square().mean(dim=(-2, -1))
 
+    def loss_and_reconstruction(
+        self, x0: torch.Tensor, state: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_bc as `loss`, and from the same denoiser pass EDP's one-step reconstruction of
+        the action (Kang et al. 2023): x0_hat = sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps_hat,
+        clipped to the action box; differentiable w.r.t. the denoiser."""
+        x_t = self.q_sample(x0, t, noise)
+        predicted = self.denoiser(x_t, t, state)
+        loss = (predicted - noise).square().mean(dim=(-2, -1))
+        x0_hat = (
+            self.sqrt_recip_alphas_cumprod[t, None] * x_t
+            - self.sqrt_recipm1_alphas_cumprod[t, None] * predicted
+        )
+        return loss, x0_hat.clamp(-self.max_action, self.max_action)
+
     # ------------------------------------------------------------------ reverse process
 
     def predict_x0(self, x_t: torch.Tensor, i: int, eps: torch.Tensor) -> torch.Tensor:

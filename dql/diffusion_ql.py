@@ -9,8 +9,8 @@ It is trained by behaviour cloning plus Q-learning:
     L_bc   = E_{(s,a) ~ D, i, eps} || eps - eps_theta(sqrt(abar_i) a + sqrt(1 - abar_i) eps, i, s) ||^2
     L_q    = - mean_s Q_k(s, a_0) / mean_s |Q_j(s, a_0)|.detach(),   a_0 ~ pi_theta(. | s)
 
-where a_0 is sampled through the whole reverse chain with gradients, and (k, j) is (1, 2) or
-(2, 1) with probability 1/2 each (as the public code does: the critic that is maximised is not
+where a_0 is sampled through the whole reverse chain with gradients (`q_gradient = "chain"`,
+the paper), and (k, j) is (1, 2) or (2, 1) with probability 1/2 each (as the public code does: the critic that is maximised is not
 the one that sets the scale). Twin critics Q_1, Q_2 minimise
 
     L_critic = sum_k E (Q_k(s, a) - y)^2,   y = r + gamma (1 - terminal) min_k Q'_k(s', a'),
@@ -19,14 +19,29 @@ the one that sets the scale). Twin critics Q_1, Q_2 minimise
 with Polyak-averaged target critics Q' (tau) and an EMA copy of the actor (pi_ema). The critic
 is updated first, then the actor against the freshly updated critic (public code's order).
 
+`q_gradient = "approx"` is EDP's action approximation (Kang et al., NeurIPS 2023) instead of
+the chain: L_q is evaluated at the one-step reconstruction of the data action that L_bc's
+denoiser pass already makes,
+
+    a_i = sqrt(abar_i) a + sqrt(1 - abar_i) eps,   a_0_hat = (a_i - sqrt(1 - abar_i) eps_theta(a_i, i, s)) / sqrt(abar_i)
+
+clipped to the action box, with the same i and eps as L_bc; so no gradient flows through the
+reverse chain and the actor step costs one denoiser pass instead of T + 1. The critic's target
+still samples the EMA actor's full chain, and acting is unchanged.
+
 Deliberate choices and deviations (see also the field docstrings):
 - EMA warm-up: before `step_start_ema` the public code leaves the EMA actor at its random
   initialisation, so the first 1000 target actions come from an untrained network. Here the
   EMA actor is a copy of the actor until then (the usual DDPM/Diffuser convention).
 - lr schedule: the public code's CosineAnnealingLR has T_max = number of epochs but is stepped
-  once per 50-epoch evaluation block, so the lr ends at ~99.8% of its start, in effect constant.
-  Here `lr_decay` anneals both learning rates per gradient step over the whole run (T_max =
-  `steps`, down to 0); pass --no-lr-decay for the public code's effectively constant lr.
+  once per 50-epoch evaluation block, so the lr ends at ~99.9% of its start, in effect constant.
+  Here the lr is constant by default (`lr_decay` off), which is that schedule to within 0.1%;
+  `--lr-decay` anneals both learning rates per gradient step to 0 over `steps`, a different
+  optimiser on every budget (on a short CPU budget it stops learning early).
+- Observations: raw states by default, as the public code (`normalize_observations` off, where
+  the suite's default for the other algorithms is on); `--normalize-observations` standardises.
+- Evaluation episodes: 10 on the Gym locomotion tasks, 100 on every other task (AntMaze, pen,
+  kitchen), as the public code (experiments/hyperparams/diffusion_ql.toml).
 - Actions at evaluation (`act`): as in the public code, each state is repeated
   `num_candidates` (50) times, the non-EMA actor samples one action per copy, the target
   critics' min-Q scores them and one is drawn from softmax(Q) (temperature 1). With the Q
@@ -89,6 +104,7 @@ from dql.training import TrainConfig, resolve_device, run_training
 
 ALGORITHM = "diffusion_ql"
 ACTION_SELECTIONS = ("softmax", "argmax")
+Q_GRADIENTS = ("chain", "approx")
 COMPILE_MIN_STEPS = 20_000  # shorter runs (tests, demos) stay eager: compiling would dominate
 
 
@@ -99,6 +115,10 @@ COMPILE_MIN_STEPS = 20_000  # shorter runs (tests, demos) stay eager: compiling 
 class DiffusionQLConfig(TrainConfig):
     """Diffusion-QL (Wang, Hunt, Zhou 2023): a diffusion policy trained by BC + Q-learning."""
 
+    q_gradient: str = "chain"
+    """L_q through the whole reverse chain (chain, the paper) or EDP's one-step action approximation (approx)."""
+    normalize_observations: bool = False
+    """Standardise observations with the dataset's mean and std (public code: raw states)."""
     eta: float = 1.0
     """Weight of the Q term in the actor loss (0 = Diffusion-BC)."""
     lr: float = 3e-4
@@ -125,8 +145,8 @@ class DiffusionQLConfig(TrainConfig):
     """Next actions per next state for --max-q-backup."""
     grad_norm: float = 5.0
     """Clip actor and critic gradient norms to this (<= 0: no clipping; per task in the table)."""
-    lr_decay: bool = True
-    """Cosine-anneal both learning rates to 0 over STEPS (public code: effectively constant)."""
+    lr_decay: bool = False
+    """Cosine-anneal both learning rates to 0 over STEPS (off: constant, as the public code in effect)."""
     num_candidates: int = 50
     """Actions sampled per state at evaluation, scored by the target critics' min-Q."""
     action_selection: str = "softmax"
@@ -135,6 +155,8 @@ class DiffusionQLConfig(TrainConfig):
     """Evaluate the EMA actor instead of the actor (public code: the actor)."""
     hidden_dim: int = 256
     """Width of the denoiser's and the critics' three hidden layers."""
+    time_dim: int = 16
+    """Width of the denoiser's sinusoidal time embedding (public code: 16; its toy: 4)."""
     compile: bool = True
     """Compile the training step with torch.compile (runs of at least 20k steps; same maths)."""
     precision: str = "fp32"
@@ -156,16 +178,22 @@ class DiffusionQLConfig(TrainConfig):
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         positive = ("n_timesteps", "update_ema_every", "num_backup_actions", "num_candidates")
-        for name in (*positive, "hidden_dim"):
+        for name in (*positive, "hidden_dim", "time_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.time_dim < 4 or self.time_dim % 2:
+            raise ConfigError(f"--time-dim must be even and >= 4, got {self.time_dim}")
         if self.step_start_ema < 0:
             raise ConfigError(f"--step-start-ema must be >= 0, got {self.step_start_ema}")
         if self.beta_schedule not in BETA_SCHEDULES:
             raise ConfigError(
                 f"--beta-schedule must be one of {', '.join(BETA_SCHEDULES)}, "
                 f"got {self.beta_schedule!r}"
+            )
+        if self.q_gradient not in Q_GRADIENTS:
+            raise ConfigError(
+                f"--q-gradient must be one of {', '.join(Q_GRADIENTS)}, got {self.q_gradient!r}"
             )
         check_precision(self.precision)
         if self.action_selection not in ACTION_SELECTIONS:
@@ -274,9 +302,10 @@ def make_actor(
     n_timesteps: int = 5,
     beta_schedule: str = "vp",
     num_seeds: int = 1,
+    time_dim: int = 16,
 ) -> Diffusion:
     """The diffusion policy pi_theta(a | s) (of S seeds)."""
-    denoiser = Denoiser(observation_dim, action_dim, hidden_dim, num_seeds=num_seeds)
+    denoiser = Denoiser(observation_dim, action_dim, hidden_dim, time_dim, num_seeds)
     return Diffusion(denoiser, action_dim, max_action, n_timesteps, beta_schedule)
 
 
@@ -381,6 +410,7 @@ class DiffusionQL:
             cfg.n_timesteps,
             cfg.beta_schedule,
             num_seeds,
+            cfg.time_dim,
         )
         return actor, TwinCritic(self.observation_dim, self.action_dim, hidden, num_seeds)
 
@@ -401,7 +431,7 @@ class DiffusionQL:
         target_rows = rows * cfg.num_backup_actions if cfg.max_q_backup else rows
         sizes = [
             steps * target_rows * act if cfg.discount > 0 else 0,  # target chain
-            steps * rows * act if cfg.eta > 0 else 0,  # actor chain
+            steps * rows * act if cfg.eta > 0 and cfg.q_gradient == "chain" else 0,  # actor chain
             rows * act,  # L_bc noise
         ]
         normal = _stack(
@@ -466,24 +496,32 @@ class DiffusionQL:
     def actor_loss(
         self, batch: Batch, noise: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """L_bc + eta L_q per seed: (S,), and metrics. Gradients of L_q run through the whole
-        reverse chain; the critic's weights are frozen by the caller (L_q needs dQ/da only)."""
+        """L_bc + eta L_q per seed: (S,), and metrics. L_q's action comes through the whole
+        reverse chain (chain) or from L_bc's own denoiser pass (approx); the critic's weights
+        are frozen by the caller (L_q needs dQ/da only)."""
+        cfg = self.config
         state, action = batch["observations"], batch["actions"]
-        bc_loss = self.actor.loss(action, state, noise["bc_steps"], noise["bc_noise"])  # (S,)
-        if self.config.eta > 0:
-            new_action = self.actor.sample(state, noise["actor_chain"])
+        steps, bc_noise = noise["bc_steps"], noise["bc_noise"]
+        if cfg.eta == 0:  # Diffusion-BC: no sampling chain
+            bc_loss = self.actor.loss(action, state, steps, bc_noise)  # (S,)
+            # The loss is bc_loss itself: `bc_loss + 0 * zeros` compiles (torch 2.13) to an
+            # output that has lost its grad_fn once its detached copy is also returned.
+            q_loss, actor_loss = torch.zeros_like(bc_loss), bc_loss
+        else:
+            if cfg.q_gradient == "approx":  # EDP: L_q at L_bc's one-step reconstruction
+                bc_loss, new_action = self.actor.loss_and_reconstruction(
+                    action, state, steps, bc_noise
+                )
+            else:
+                bc_loss = self.actor.loss(action, state, steps, bc_noise)
+                new_action = self.actor.sample(state, noise["actor_chain"])
             # one critic is maximised, the other (detached) sets the scale
             pick = noise["critic_pick"]  # (S,)
             q_maximised = self.critic.one(state, new_action, pick).mean(-1)
             with torch.no_grad():  # no backward through the scale's critic
                 q_scale = self.critic.one(state, new_action, 1 - pick).abs().mean(-1)
             q_loss = -q_maximised / q_scale
-            actor_loss = bc_loss + self.config.eta * q_loss
-        else:  # Diffusion-BC: skip the sampling chain
-            # The loss is bc_loss itself: `bc_loss + 0 * zeros` compiles (torch 2.13) to an
-            # output that has lost its grad_fn once its detached copy is also returned.
-            q_loss = torch.zeros_like(bc_loss)
-            actor_loss = bc_loss
+            actor_loss = bc_loss + cfg.eta * q_loss
         metrics = {"bc_loss": bc_loss.detach(), "q_loss": q_loss.detach()}
         return actor_loss, {**metrics, "actor_loss": actor_loss.detach()}
 

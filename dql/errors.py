@@ -15,3 +15,7 @@ class ConfigError(UserError):
 
 class DivergenceError(RuntimeError):
     """A loss or Q value became NaN/inf during training."""
+
+
+class NonFiniteActionError(DivergenceError):
+    """A policy produced a NaN or infinite action; it is never sent to the simulator."""

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dql.data import DatasetInfo, ObservationNormalizer, flatten_observation, normalized_score
-from dql.errors import UserError
+from dql.errors import NonFiniteActionError, UserError
 
 Policy = Callable[[np.ndarray], np.ndarray]  # (B, obs_dim) normalised observations -> (B, act_dim)
 
@@ -120,6 +120,20 @@ class EvalResult:
         )
 
 
+def _check_finite_actions(
+    actions: np.ndarray, lengths: np.ndarray, seeds: list[int], policy_name: str
+) -> None:
+    bad_rows = np.flatnonzero(~np.isfinite(actions).reshape(len(actions), -1).all(axis=1))
+    if bad_rows.size:
+        i = int(bad_rows[0])
+        value = actions[i].reshape(-1)[~np.isfinite(actions[i].reshape(-1))][0]
+        others = f" (and {bad_rows.size - 1} more episodes)" if bad_rows.size > 1 else ""
+        raise NonFiniteActionError(
+            f"{policy_name} produced a non-finite action ({value}) at step {lengths[i]} of "
+            f"episode {i} (reset seed {seeds[i]}){others}; it was not sent to the simulator"
+        )
+
+
 def evaluate(
     policy: Policy,
     info: DatasetInfo,
@@ -135,6 +149,7 @@ def evaluate(
     action_hook: Callable[[np.ndarray], np.ndarray] | None = None,
     progress: bool = True,
     record_traces: bool = False,
+    policy_name: str = "the policy",
 ) -> EvalResult:
     """Run `num_episodes` episodes at once, one batched `policy` call per step.
 
@@ -142,6 +157,8 @@ def evaluate(
     experiments); both see batches. Episode i is reset with seed `seed + i`.
     `record_traces` keeps, per episode, the env's flat observations (T+1), the clipped actions
     it received (T) and the rewards (T) in `extra["traces"]` (see dql.traces).
+    A NaN or infinite action stops the evaluation with NonFiniteActionError (naming the step,
+    the episode and `policy_name`) before it reaches the simulator: np.clip keeps NaN.
     """
     if num_episodes < 1:
         raise UserError(f"num_episodes must be >= 1, got {num_episodes}")
@@ -171,6 +188,7 @@ def evaluate(
             actions = np.asarray(policy(normalize(flat)), np.float32)
             if action_hook is not None:
                 actions = action_hook(actions)
+            _check_finite_actions(actions, lengths, seeds, policy_name)
             sent = np.clip(actions, low, high)
             obs, rewards, terminated, truncated, infos = envs.step(sent)
             active = ~finished

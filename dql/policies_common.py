@@ -6,12 +6,13 @@
   state-independent log sigma; log-likelihood of dataset actions without a tanh correction
   (IQL's public code, Gaussian BC). Acting uses the mean.
 - `TanhGaussianActor`: SAC's squashed Gaussian a = max_action * tanh(u), u ~ N(mu(s), sigma(s)),
-  reparameterised, with the change-of-variables log-density (CQL). One forward pass gives the
+  reparameterised, with the change-of-variables log-density, initialised as CORL's CQL actor
+  (a learned scale and offset on log sigma, a small output layer). One forward pass gives the
   distribution of a state; any number of actions per state are then sampled from it.
 
-Helpers: target networks (`frozen_copy`), CQL's orthogonal init, batching of observations for
-`act`, and `one_pass_is_faster`, which decides whether many sampled actions go through a network
-in one pass or in cache-sized passes (CQL's penalty, BCQ's target).
+Helpers: target networks (`frozen_copy`), CQL's orthogonal init of the critics, batching of
+observations for `act`, and `one_pass_is_faster`, which decides whether many sampled actions go
+through a network in one pass or in cache-sized passes (CQL's penalty, BCQ's target).
 """
 
 from __future__ import annotations
@@ -78,25 +79,35 @@ class GaussianActor(nn.Module):
 
 
 class TanhGaussianActor(nn.Module):
-    """SAC's policy: u ~ N(mu(s), sigma(s)), a = max_action * tanh(u); log sigma(s) clamped to
-    `log_std_bounds`."""
+    """SAC's policy as CORL's CQL builds it: u ~ N(mu(s), sigma(s)), a = max_action * tanh(u), with
+    log sigma(s) = m f_sigma(s) + b for two learned scalars, m from 1 and b from `log_std_offset`,
+    then clamped to `log_std_bounds`. The output layer starts xavier-uniform with gain 1e-2 and
+    zero bias, so mu(s) ~ 0 and sigma(s) ~ e^b at first (e^-1 = 0.37 in CORL); the hidden layers
+    keep torch's default init."""
 
     def __init__(
         self,
         observation_dim: int,
         action_dim: int,
         max_action: float,
-        hidden: Sequence[int] = (256, 256),
+        hidden: Sequence[int] = (256, 256, 256),
+        log_std_offset: float = -1.0,
         log_std_bounds: tuple[float, float] = (-20.0, 2.0),
     ) -> None:
         super().__init__()
         self.net = mlp(observation_dim, 2 * action_dim, hidden)
+        with torch.no_grad():
+            nn.init.xavier_uniform_(self.net[-1].weight, gain=1e-2)
+            self.net[-1].bias.zero_()
+        self.log_std_multiplier = nn.Parameter(torch.tensor(1.0))
+        self.log_std_offset = nn.Parameter(torch.tensor(float(log_std_offset)))
         self.max_action = max_action
         self.log_std_bounds = log_std_bounds
 
     def distribution(self, observations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, log_std) of u, each (B, action_dim)."""
         mean, log_std = self.net(observations).float().chunk(2, dim=-1)  # fp32 under autocast
+        log_std = self.log_std_multiplier * log_std + self.log_std_offset
         return mean, log_std.clamp(*self.log_std_bounds)
 
     def sample(

@@ -104,7 +104,7 @@ class TrainConfig:
     normalize_observations: bool = True
     """Standardise observations with the dataset's mean and std (also at evaluation)."""
     reward_transform: str = "none"
-    """none, zscore, locomotion (1000/(max_ret-min_ret)), cql_antmaze ((r-0.5)*4), antmaze (r-1)."""
+    """none, zscore, locomotion (1000/(max_ret-min_ret)), cql_antmaze ((r-0.5)*4), corl_antmaze (10r-5), antmaze (r-1)."""
     max_episode_steps: int | None = None
     """Override the evaluation env's time limit."""
     early_stop_patience: int = 0
@@ -422,6 +422,7 @@ def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -
                 max_episode_steps=config.max_episode_steps,
                 progress=config.progress,
                 record_traces=config.save_traces,
+                policy_name=algorithm,
             )
 
     step = state["step"]

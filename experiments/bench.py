@@ -377,13 +377,15 @@ def d3rlpy_algorithm(name: str, device: str, for_acting: bool = False) -> Any | 
     elif name == "iql":
         config = algos.IQLConfig(batch_size=BATCH_SIZE, expectile=0.7, weight_temp=3.0)
     elif name == "cql":
-        # no Lagrangian alpha (ours has none); 10 sampled actions; critics 256-256 like ours
+        # ours at its defaults: no Lagrangian alpha, 10 sampled actions, actor 3 x 256 (CORL's),
+        # critics 256-256
         config = algos.CQLConfig(
             batch_size=BATCH_SIZE,
-            conservative_weight=5.0,
+            conservative_weight=10.0,
             n_action_samples=10,
             alpha_learning_rate=0.0,
-            actor_learning_rate=1e-4,
+            actor_learning_rate=3e-5,
+            actor_encoder_factory=vector(hidden_units=[256, 256, 256]),
         )
     elif name == "bcq":
         # ours: VAE 750-750, actor and critics 400-300, 10 actions in the target, 100 to act
@@ -903,6 +905,32 @@ def bench_batched_seeds(s: Settings, buffer: ReplayBuffer, notes: list[str]) -> 
     return {"seeds": SEEDS_BATCHED, "device": s.device, **rows[0], "settings": rows}
 
 
+def bench_q_gradient(s: Settings, buffer: ReplayBuffer) -> list[dict[str, Any]]:
+    """Diffusion-QL: steps/s of EDP's action approximation (q_gradient approx) over the
+    whole-chain Q gradient (chain), same compile and precision, at T = 5, 20 and 50."""
+    rows = []
+    for steps in (5,) if s.quick else (5, 20, 50):
+        trainers = []
+        for mode in ("chain", "approx"):
+            config = dict(q_gradient=mode, n_timesteps=steps, compile=s.compile)
+            agent = build_agent("diffusion_ql", s.device, buffer, **config)
+            trainers.append(candidate_trainer(agent, buffer, s.device, mode))
+            warm_up(trainers[-1], s.warmup_steps)
+        rates, per_round = interleaved(trainers, 2 * s.seconds, s.rounds)
+        rows.append(
+            {
+                "n_timesteps": steps,
+                "device": s.device,
+                "compile": s.compile,
+                "chain_steps_per_s": round(rates[0], 2),
+                "approx_steps_per_s": round(rates[1], 2),
+                "approx_over_chain": round(paired_ratio(per_round[1], per_round[0]), 3),
+            }
+        )
+        print(f"    {rows[-1]}", flush=True)
+    return rows
+
+
 def matmul_gflops(device: str, seconds: float) -> float:
     """fp32 256x256x256 matmul rate per CPU-second (CUDA: per second) on this device: the
     ceiling for MLP training steps."""
@@ -1106,6 +1134,24 @@ def write_report(result: dict[str, Any], out: Path) -> Path:
                 f"{SEEDS_BATCHED} seeds (5x the FLOPs) in 3.5x its time would need "
                 f"{100 * needed:.0f}% of peak.",
             ]
+    if result.get("q_gradient"):
+        lines += [
+            "",
+            "## EDP action approximation (Diffusion-QL)",
+            "",
+            "`--q-gradient approx` (L_q at L_bc's one-step reconstruction) against `chain` (L_q "
+            "through the whole reverse chain, the paper), same compile and precision; the "
+            "critic's target chain is the same in both. Target: at least 1.6x at T = 5.",
+            "",
+            "| T | device | compile | chain steps/s | approx steps/s | approx / chain |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in result["q_gradient"]:
+            lines.append(
+                f"| {r['n_timesteps']} | {r['device']} | {r['compile']} | "
+                f"{r['chain_steps_per_s']} | {r['approx_steps_per_s']} | "
+                f"{r['approx_over_chain']}x |"
+            )
     if result["notes"]:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in result["notes"]]
     path = out / "bench.md"
@@ -1183,6 +1229,7 @@ def main(argv: list[str] | None = None) -> int:
         "algorithms": [],
         "evaluation": [],
         "batched_seeds": None,
+        "q_gradient": [],
         "notes": notes,
     }
     buffers = {}
@@ -1216,6 +1263,9 @@ def main(argv: list[str] | None = None) -> int:
             if batched is not None and (result["batched_seeds"] is None or device == "cpu"):
                 result["batched_seeds"] = batched
             print(f"    {batched}", flush=True)
+        if "diffusion_ql" in algorithms:
+            print(f"[{time.perf_counter() - started:6.1f}s] q_gradient on {device}", flush=True)
+            result["q_gradient"] += bench_q_gradient(s, buffer)
         if not args.no_eval and device == "cpu":
             for name in [a for a in ("diffusion_ql", "td3bc") if a in algorithms]:
                 print(f"[{time.perf_counter() - started:6.1f}s] evaluation {name}", flush=True)

@@ -9,12 +9,14 @@ score of ours (`baselines/<name>.py` through `dql.training.run_training`) beside
 episodes, and gradient steps per second of each at batch 256, hidden 256, 1 thread.
 
 Both sides get the same settings: the paper defaults of our tables (experiments/hyperparams) for
-the dataset's task, hidden 256-256 everywhere (BCQ's VAE 750-750), standardised observations,
-IQL's reward scaling where our table asks for it, a cosine-decayed IQL actor lr. Where d3rlpy
-differs by design it is said in the table's notes: its CQL keeps a Lagrangian weight unless
-`alpha_learning_rate=0` (set here: ours has none) and subtracts a threshold (no effect on
-gradients); its BCQ uses one `n_action_samples` for the target and for acting (10 in training,
-switched to 100 before evaluation, as ours).
+the dataset's task, hidden 256-256 everywhere (BCQ's VAE 750-750; CQL's actor at our table's
+widths), observations standardised where our table standardises them (not for BCQ, whose
+authors feed raw states), IQL's reward scaling where our table asks for it, a cosine-decayed IQL
+actor lr. Where d3rlpy differs by design it is said in the table's notes: its CQL keeps a
+Lagrangian weight unless `alpha_learning_rate=0` (set here unless our table turns --lagrange on,
+as on AntMaze) and subtracts a threshold (no effect on gradients); its BCQ uses one
+`n_action_samples` for the target and for acting (10 in training, switched to 100 before
+evaluation, as ours).
 
 Speed: the two implementations train in alternating chunks of about a second (ours, d3rlpy,
 ours, ...) for --speed-seconds each, on Hopper-sized synthetic data with --speed-only
@@ -33,6 +35,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import math
 import os
 import platform
 import sys
@@ -185,10 +188,9 @@ def d3rlpy_algorithm(name: str, config: Any, steps: int, action_high: np.ndarray
 
     algos, factory = d3rlpy.algos, d3rlpy.models.encoders.VectorEncoderFactory
     encoder = factory(hidden_units=list(config.hidden))
-    common: dict[str, Any] = dict(
-        batch_size=config.batch_size,
-        observation_scaler=d3rlpy.preprocessing.StandardObservationScaler(),
-    )
+    common: dict[str, Any] = dict(batch_size=config.batch_size)
+    if config.normalize_observations:
+        common["observation_scaler"] = d3rlpy.preprocessing.StandardObservationScaler()
     if not np.allclose(action_high, 1.0):  # d3rlpy's policies act in [-1, 1]: map the box
         common["action_scaler"] = d3rlpy.preprocessing.MinMaxActionScaler(
             minimum=-action_high, maximum=action_high
@@ -223,13 +225,18 @@ def d3rlpy_algorithm(name: str, config: Any, steps: int, action_high: np.ndarray
             **common,
         )
     elif name == "cql":
+        common["actor_encoder_factory"] = factory(hidden_units=list(config.actor_hidden))
+        lagrange = dict(alpha_threshold=config.target_action_gap, initial_alpha=math.e)
         algo = algos.CQLConfig(
             conservative_weight=config.cql_alpha,
             n_action_samples=config.num_sampled_actions,
             actor_learning_rate=config.actor_lr,
             critic_learning_rate=config.critic_lr,
             temp_learning_rate=config.entropy_lr,
-            alpha_learning_rate=0.0,  # a fixed conservative weight, as ours
+            # a fixed conservative weight, as ours, unless our table tunes it (--lagrange)
+            alpha_learning_rate=config.critic_lr if config.lagrange else 0.0,
+            **(lagrange if config.lagrange else {}),
+            max_q_backup=config.max_target_backup,
             **common,
         )
     elif name == "bcq":

@@ -137,3 +137,12 @@ def pendulum_store(pendulum_dataset: tuple[str, str], monkeypatch: pytest.Monkey
     root, dataset_id = pendulum_dataset
     monkeypatch.setenv("MINARI_DATASETS_PATH", root)
     return dataset_id
+
+
+@pytest.fixture(autouse=True)
+def _run_in_a_temporary_directory(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tests write nothing into the repository: each runs from its own empty directory (MuJoCo
+    writes MUJOCO_LOG.TXT into the working directory, and runs default to ./runs)."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))

@@ -11,7 +11,9 @@ stretches sometimes end the episode, so a critic can tell the two apart.
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -140,15 +142,16 @@ def test_bc_fails_on_the_mixed_data(mixed_scores):
     assert mixed_scores["bc"] < 30
 
 
-# Per-algorithm settings for a 1-2k step budget (hidden 64). TD3+BC's lambda = alpha / mean|Q|
+# Per-algorithm settings for a 1-4k step budget (hidden 64). TD3+BC's lambda = alpha / mean|Q|
 # needs the Q level to be set by the falls, not by the +1 of every surviving step: rewards r - 1
 # (0 while the pole stands, -1 when it falls) and gamma 0.9, with alpha 5; CQL's paper learning
-# rates are too slow for 1000 steps.
+# rates are too slow for 1000 steps; BCQ trains at its batch of 100, so its 4000 steps see about
+# as many transitions as 1500 steps at 256.
 OFFLINE_RL = {
     "td3bc": (2000, dict(reward_transform="antmaze", discount=0.9, alpha=5.0)),
     "iql": (1000, {}),
-    "cql": (1000, dict(actor_lr=1e-3, critic_lr=1e-3, batch_size=128)),
-    "bcq": (1500, dict(vae_hidden=(64, 64))),
+    "cql": (1000, dict(actor_lr=1e-3, critic_lr=1e-3, batch_size=128, actor_hidden=(64, 64, 64))),
+    "bcq": (4000, dict(vae_hidden=(64, 64))),
 }
 
 
@@ -204,6 +207,116 @@ def test_iql_expectile_loss_weights_tau_above_and_one_minus_tau_below():
     value = torch.zeros(2, requires_grad=True)
     iql.expectile_loss(torch.tensor([1.0, -1.0]) - value, 0.9).backward()
     assert value.grad.tolist() == pytest.approx([-0.9, 0.1])
+
+
+def test_iql_updates_v_first_then_actor_and_critics_with_the_new_v():
+    """The authors' order: after the V step, the critics' target is r + gamma V_new(s') and the
+    actor's advantages are min_k Q'_k(s, a) - V_new(s), both from the updated V."""
+    torch.manual_seed(0)
+    config = iql.Config(device="cpu", value_lr=0.05, **TINY)  # a large V step: V_new != V_old
+    agent = iql.IQL(3, 2, 1.0, config)
+    before = copy.deepcopy(agent)
+    batch = random_batch(torch.Generator().manual_seed(0))
+    metrics = agent.update(batch)
+    observations, actions = batch["observations"], batch["actions"]
+    with torch.no_grad():
+        target_q = before.critic_target.min(observations, actions)
+        bc_losses = -before.actor.log_prob(observations, actions)
+        q = before.critic(observations, actions)
+
+        def expected(value: torch.nn.Module) -> dict[str, float]:
+            advantage = target_q - value(observations).squeeze(-1)
+            weights = torch.exp(config.beta * advantage).clamp(max=iql.MAX_ADVANTAGE_WEIGHT)
+            next_v = value(batch["next_observations"]).squeeze(-1)
+            target = batch["rewards"] + config.discount * next_v
+            return {
+                "advantage_mean": advantage.mean().item(),
+                "actor_loss": (weights * bc_losses).mean().item(),
+                "critic_loss": (q - target).square().mean(dim=1).sum().item(),
+            }
+
+        new_v, old_v = expected(agent.value), expected(before.value)
+    for name in ("advantage_mean", "actor_loss", "critic_loss"):
+        assert metrics[name].item() == pytest.approx(new_v[name], rel=1e-5, abs=1e-6), name
+        assert metrics[name].item() != pytest.approx(old_v[name], rel=1e-3), name
+
+
+def test_cql_actor_is_corls_three_layers_and_initial_std_037():
+    torch.manual_seed(0)
+    agent = cql.CQL(3, 2, 1.0, cql.Config(device="cpu"))
+    linears = [m for m in agent.actor.net if isinstance(m, torch.nn.Linear)]
+    assert [layer.out_features for layer in linears] == [256, 256, 256, 4]  # 3 x 256, (mu, sigma)
+    assert linears[-1].weight.abs().max().item() < 1e-2  # xavier-uniform with gain 1e-2
+    assert torch.count_nonzero(linears[-1].bias).item() == 0
+    mean, log_std = agent.actor.distribution(torch.randn(512, 3))
+    assert mean.abs().max().item() < 0.05
+    assert log_std.exp().mean().item() == pytest.approx(math.exp(-1.0), abs=0.01)  # ~0.37
+    # the scale and offset of log sigma are learned, by the actor's optimizer
+    learned = {id(p) for group in agent.actor_optimizer.param_groups for p in group["params"]}
+    assert (
+        id(agent.actor.log_std_multiplier) in learned and id(agent.actor.log_std_offset) in learned
+    )
+
+
+def test_cql_lagrange_weight_rises_above_the_target_gap_and_falls_below_it():
+    def log_alpha_prime_after_one_update(target_action_gap: float) -> float:
+        torch.manual_seed(0)
+        config = cql.Config(
+            device="cpu", lagrange=True, target_action_gap=target_action_gap, **TINY
+        )
+        agent = cql.CQL(3, 2, 1.0, config)
+        metrics = agent.update(random_batch(torch.Generator().manual_seed(0)))
+        assert metrics["cql_alpha_prime"].item() == pytest.approx(math.e)  # starts at e
+        return agent.log_cql_alpha_prime.item()
+
+    lr = cql.Config().critic_lr  # Adam's first step moves log alpha' by lr
+    assert log_alpha_prime_after_one_update(-1e3) == pytest.approx(1.0 + lr, abs=1e-6)
+    assert log_alpha_prime_after_one_update(1e3) == pytest.approx(1.0 - lr, abs=1e-6)
+
+
+def test_cql_gaps_are_clipped_per_state():
+    torch.manual_seed(0)
+    config = cql.Config(device="cpu", cql_clip_diff_min=1e3, cql_clip_diff_max=2e3, **TINY)
+    agent = cql.CQL(3, 2, 1.0, config)
+    batch = random_batch(torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        q_data = agent.critic(batch["observations"], batch["actions"])
+        policy = agent.actor.distribution(batch["observations"])
+        next_policy = agent.actor.distribution(batch["next_observations"])
+        gaps = agent.conservative_penalty(batch["observations"], q_data, policy, next_policy)
+    assert gaps.tolist() == [1e3, 1e3]  # every state's gap is far below 1000: clipped up to it
+
+
+def test_cql_max_target_backup_takes_the_best_of_n_policy_actions(monkeypatch):
+    """y = r + gamma max_j min_k Q'_k(s', a'_j) over n samples a'_j of pi(.|s')."""
+    torch.manual_seed(0)
+    n = 7
+    config = cql.Config(device="cpu", max_target_backup=True, num_sampled_actions=n, **TINY)
+    agent = cql.CQL(3, 2, 1.0, config)
+    before = copy.deepcopy(agent)
+    calls = []
+    target_min = agent.critic_target.min
+
+    def recording_min(observations, actions):
+        calls.append((observations, actions, target_min(observations, actions)))
+        return calls[-1][2]
+
+    monkeypatch.setattr(agent.critic_target, "min", recording_min)
+    batch = random_batch(torch.Generator().manual_seed(0), size=32)
+    metrics = agent.update(batch)
+    ((observations, actions, values),) = calls
+    assert actions.shape == (n * 32, 2)
+    torch.testing.assert_close(observations, batch["next_observations"].repeat(n, 1))
+    target = batch["rewards"] + config.discount * values.view(n, 32).max(dim=0).values
+    with torch.no_grad():
+        q = before.critic(batch["observations"], batch["actions"])
+    td_loss = (q - target).square().mean(dim=1).sum()
+    assert metrics["td_loss"].item() == pytest.approx(td_loss.item(), rel=1e-5)
+
+
+def test_bcq_defaults_are_the_authors_batch_100_on_raw_states():
+    config = bcq.Config()
+    assert (config.batch_size, config.normalize_observations) == (100, False)
 
 
 def test_bcq_perturbation_stays_within_phi_max_action():
@@ -395,15 +508,52 @@ def test_cli_refuses_nonsense_with_one_line_and_exit_2(name, flag, value, tmp_pa
             "D4RL/antmaze/umaze-diverse-v1",
             dict(expectile=0.9, beta=10.0, reward_transform="antmaze"),
         ),
-        ("iql", "D4RL/pen/human-v2", dict(expectile=0.7, reward_transform="none")),
-        ("cql", "D4RL/antmaze/large-play-v1", dict(cql_alpha=10.0, reward_transform="cql_antmaze")),
-        ("cql", "hopper-medium-replay-v2.hdf5", dict(cql_alpha=5.0, reward_transform="none")),
+        ("iql", "D4RL/pen/human-v2", dict(expectile=0.7, beta=0.5, reward_transform="none")),
+        (
+            "cql",
+            "D4RL/antmaze/large-play-v1",
+            dict(
+                lagrange=True,
+                cql_alpha=5.0,
+                target_action_gap=0.8,
+                max_target_backup=True,
+                cql_clip_diff_min=-200.0,
+                reward_transform="corl_antmaze",
+                actor_lr=1e-4,
+                entropy_lr=1e-4,
+                normalize_observations=False,
+            ),
+        ),
+        (
+            "cql",
+            "hopper-medium-replay-v2.hdf5",
+            dict(
+                cql_alpha=10.0,
+                lagrange=False,
+                max_target_backup=False,
+                actor_lr=3e-5,
+                entropy_lr=3e-5,
+                reward_transform="none",
+                normalize_observations=True,
+            ),
+        ),
+        ("cql", "D4RL/pen/human-v2", dict(cql_alpha=1.0, lagrange=False)),
         (
             "td3bc",
             "local/walker2d/medium-expert-v0",
             dict(alpha=2.5, policy_noise=0.2, policy_delay=2),
         ),
-        ("bcq", "local/hopper/medium-v0", dict(phi=0.05, lmbda=0.75, num_sampled_actions=10)),
+        (
+            "bcq",
+            "local/hopper/medium-v0",
+            dict(
+                phi=0.05,
+                lmbda=0.75,
+                num_sampled_actions=10,
+                batch_size=100,
+                normalize_observations=False,
+            ),
+        ),
         ("bc", "local/hopper/medium-v0", dict(gaussian=False, lr=3e-4)),
     ],
 )

@@ -147,6 +147,16 @@ def test_existing_dataset_needs_overwrite(hopper_random: minari.MinariDataset) -
         build_locomotion("hopper", "random", size=10, ref_episodes=1, progress=False)
 
 
+def test_a_relative_store_path_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MINARI_DATASETS_PATH=store (relative to the working directory, a temporary one here):
+    minari 0.5.4 alone joins it twice and fails after collecting every episode."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", "relative_store")
+    build_locomotion("hopper", "random", size=200, ref_episodes=1, progress=False)
+    data = minari.load_dataset("local/hopper/random-v0")
+    assert data.total_steps == 200
+    assert (Path.cwd() / "relative_store" / "local/hopper/random-v0/data/main_data.hdf5").is_file()
+
+
 def test_medium_replay_from_a_resumed_sac_run(tmp_path: Path, store: Path) -> None:
     pytest.importorskip("stable_baselines3")
     torch.set_num_threads(1)

@@ -311,6 +311,7 @@ def test_reward_transforms_by_hand(two_episodes):
     # IQL locomotion: r * 1000 / (max return 6 - min return 1)
     np.testing.assert_allclose(transform_rewards(data, "locomotion"), [200, 400, 600, 100, 100])
     np.testing.assert_allclose(transform_rewards(data, "cql_antmaze"), [2, 6, 10, 0, 0])
+    np.testing.assert_allclose(transform_rewards(data, "corl_antmaze"), [5, 15, 25, 0, 0])
     np.testing.assert_allclose(transform_rewards(data, "antmaze"), [0, 1, 2, -0.5, -0.5])
     assert transform_rewards(data, "antmaze").dtype == np.float32
     np.testing.assert_array_equal(data.rewards, [1, 2, 3, 0.5, 0.5])  # the data is untouched

@@ -353,6 +353,38 @@ def test_divergence_stops_clearly_and_keeps_the_last_good_checkpoint(
     assert evals == [150] and not (run_dir / "checkpoints" / "eval_300.pt").exists()
 
 
+def test_a_non_finite_action_stops_the_evaluation_before_the_simulator(
+    pendulum_store, tmp_path, capsys
+):
+    """A policy whose weights stay finite but whose act() emits NaN at the second evaluation:
+    one line naming the algorithm, the step and the episode; MuJoCo never sees the NaN (it
+    would write MUJOCO_LOG.TXT into the working directory); the last good checkpoint stays."""
+
+    class NanActing(NoisyAgent):
+        def act(self, observations):
+            actions = super().act(observations)
+            if self.steps >= 300 and self.acted >= 3:
+                actions[1, 0] = np.nan
+            self.acted = self.acted + 1 if self.steps >= 300 else 0
+            return actions
+
+        acted = 0
+
+    def train(config: TrainConfig) -> dict[str, Any]:
+        return run_training(config, NanActing, "nan-acting")
+
+    run_dir = tmp_path / "run"
+    argv = flags(pendulum_store, run_dir, eval_interval=150)
+    assert run_cli(TrainConfig, train, "nan-acting", argv) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "nan-acting produced a non-finite action (nan) at step 3 of episode 1" in err, err
+    assert "the last good checkpoint" in err
+    assert safe_torch_load(run_dir / "checkpoints" / "last.pt")["loop"]["step"] == 200
+    assert RunDirectory(run_dir).status()["status"] == "failed"
+    assert not (Path.cwd() / "MUJOCO_LOG.TXT").exists()
+
+
 def test_an_unexpected_exception_in_an_agent_marks_the_run_failed(pendulum_store, tmp_path):
     class Buggy(NoisyAgent):
         def update(self, batch):

@@ -65,11 +65,13 @@ def assert_close_state(a: dict, b: dict, atol: float = 1e-5) -> None:
 # --------------------------------------------------------------------------- batched seeds
 
 
-@pytest.mark.parametrize("max_q_backup", [False, True])
-def test_batched_seed_k_is_a_normal_run_seeded_k(max_q_backup: bool) -> None:
+@pytest.mark.parametrize(
+    "max_q_backup, q_gradient", [(False, "chain"), (True, "chain"), (False, "approx")]
+)
+def test_batched_seed_k_is_a_normal_run_seeded_k(max_q_backup: bool, q_gradient: str) -> None:
     """Same initial weights, and over several steps the same losses, gradient norms, weights
     and Adam moments as a normal agent created after torch.manual_seed(k) and fed k's batches."""
-    config = small_config(max_q_backup=max_q_backup, num_backup_actions=3)
+    config = small_config(max_q_backup=max_q_backup, num_backup_actions=3, q_gradient=q_gradient)
     seeds = [3, 7, 11]
     batched = DiffusionQL(OBS_DIM, ACT_DIM, 1.0, config, seeds=seeds)
     singles, rng_states = [], []
@@ -257,6 +259,8 @@ COMPILED_CASES = {  # every loss variant the compiled step must reproduce, Diffu
     "ql-bandit": dict(eta=2.5, discount=0.0),
     "bc-bf16": dict(eta=0.0, precision="bf16"),
     "ql-bf16": dict(eta=1.0, precision="bf16"),
+    "approx-T5": dict(eta=1.0, q_gradient="approx"),
+    "approx-T50-bf16": dict(eta=1.0, q_gradient="approx", n_timesteps=50, precision="bf16"),
 }
 
 
@@ -420,3 +424,6 @@ def test_bench_quick_runs_and_writes_a_report(tmp_path: Path) -> None:
     assert report["batched_seeds"]["seeds"] == 5
     assert report["evaluation"] and report["machine"]["threads"] == 1
     assert "## Training" in (tmp_path / "bench.md").read_text()
+    (q_gradient,) = report["q_gradient"]  # --quick: T = 5 only
+    assert q_gradient["n_timesteps"] == 5 and q_gradient["approx_steps_per_s"] > 0
+    assert "## EDP action approximation" in (tmp_path / "bench.md").read_text()

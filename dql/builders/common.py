@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import warnings
@@ -131,6 +132,9 @@ def write_dataset(
     """Write `episodes` (minari EpisodeBuffers) as an HDF5 Minari dataset and report on it."""
     import minari
 
+    store = os.environ.get("MINARI_DATASETS_PATH")
+    if store and not os.path.isabs(store):  # minari 0.5.4 joins a relative store path twice
+        os.environ["MINARI_DATASETS_PATH"] = os.path.abspath(store)
     with warnings.catch_warnings():
         # author e-mail and code permalink are not ours to give; say so once, not per dataset.
         warnings.filterwarnings("ignore", message=r"`(author_email|code_permalink)` is set")
