@@ -1,0 +1,78 @@
+"""Golden runs: every algorithm's numbers, recorded, so that a refactor provably changes none.
+
+For each registered algorithm a short seeded CPU run on the shared pendulum data (its defaults,
+except the budget and the planners' sample counts: 200 steps, one evaluation of two 40-step
+episodes) is compared with tests/golden/<algorithm>.json bit for bit: every logged training metric, the evaluation returns
+and lengths, and 16 of the actions the evaluation env received. A change that is meant to move
+a number is a separate, declared commit that rewrites the files:
+
+    DQL_WRITE_GOLDEN=1 OMP_NUM_THREADS=1 python -m pytest tests/test_golden.py
+
+Floats are compared as the JSON text Python writes for them (repr: exact for a float64).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dql.registry import ALGORITHMS, load_algorithm
+
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+BUDGET = dict(
+    steps=200,
+    batch_size=64,
+    eval_interval=200,
+    eval_episodes=2,
+    max_episode_steps=40,
+    log_interval=50,
+    checkpoint_interval=200,
+    keep_eval_checkpoints=False,
+    save_traces=True,
+    num_threads=1,
+    progress=False,
+    device="cpu",
+)
+
+# planners replan every env step: fewer plans and candidates keep their evaluations short
+CHEAPER = {
+    "diffuser": dict(num_plans=4, replan_interval=8),
+    "mpc": dict(population=50, elites=5, iterations=2),
+}
+
+
+def golden_run(algorithm: str, run_dir: Path, dataset: str) -> dict:
+    module = load_algorithm(algorithm)
+    options = {**BUDGET, **CHEAPER.get(algorithm, {})}
+    config = module.Config(dataset=dataset, seed=3, run_dir=str(run_dir), **options)
+    module.train(config)
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+    drop = {"wall_time", "time", "steps_per_s", "seconds", "elapsed"}  # clocks differ per run
+    actions = np.load(run_dir / "traces.npz")["actions"]  # what the env received, float32
+    return {
+        "actions": actions[:: max(1, len(actions) // 16)].tolist(),  # 16 spread over episodes
+        "metrics": [{k: v for k, v in row.items() if k not in drop} for row in metrics],
+        "returns": [[e["return"] for e in row["episodes"]] for row in evals],
+        "lengths": [[e["length"] for e in row["episodes"]] for row in evals],
+    }
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_golden_run_is_bit_identical(algorithm: str, pendulum_store: str, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    got = json.loads(json.dumps(golden_run(algorithm, tmp_path / "run", pendulum_store)))
+    path = GOLDEN_DIR / f"{algorithm}.json"
+    if os.environ.get("DQL_WRITE_GOLDEN"):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(got, indent=1) + "\n")
+    expected = json.loads(path.read_text())
+    assert got["actions"] == expected["actions"]
+    assert got["returns"] == expected["returns"]
+    assert got["lengths"] == expected["lengths"]
+    assert got["metrics"] == expected["metrics"]
