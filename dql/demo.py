@@ -3,8 +3,10 @@ with short budgets through the sweep runner, and print the results table.
 
     python -m dql.demo [--workers N] [--size N] [--out DIR] [--sweep FILE]
 
-Everything goes under results/demo/: the dataset store (datasets/, so a small demo dataset never
-stands in for a full-size one in your own Minari store), the runs (runs/), the tables
+Everything goes under runs/demo/, which git ignores (a demo never rewrites tracked files; the
+snapshot in results/demo/ is made on purpose, `python -m dql.demo --out results/demo`): the
+dataset store (datasets/, so a small demo dataset never stands in for a full-size one in your
+own Minari store), the runs (runs/), the tables
 (results.md, results.tex, CSVs) and the learning curves (curves_*.png). Running it again reuses
 the dataset and every finished run; an interrupted demo continues where it stopped. The sweep
 is experiments/sweeps/demo.toml; the paper-length one is experiments/sweeps/gym_full.toml.
@@ -28,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_DIR = REPO / "results" / "demo"
+DEMO_DIR = REPO / "runs" / "demo"
 SWEEP_FILE = REPO / "experiments" / "sweeps" / "demo.toml"
 DATASET_ID = "local/hopper/medium-v0"
 DATASET_SIZE = 100_000

@@ -36,8 +36,8 @@ Deliberate choices and deviations (see also the field docstrings):
 - lr schedule: the public code's CosineAnnealingLR has T_max = number of epochs but is stepped
   once per 50-epoch evaluation block, so the lr ends at ~99.9% of its start, in effect constant.
   Here the lr is constant by default (`lr_decay` off), which is that schedule to within 0.1%;
-  `--lr-decay` anneals both learning rates per gradient step to 0 over `steps`, a different
-  optimiser on every budget (on a short CPU budget it stops learning early).
+  `--lr-decay` anneals both learning rates per gradient step to 0 over `steps`: below the
+  paper's lr for most of any run (half of it at mid-run), whatever the budget.
 - Observations: raw states by default, as the public code (`normalize_observations` off, where
   the suite's default for the other algorithms is on); `--normalize-observations` standardises.
 - Evaluation episodes: 10 on the Gym locomotion tasks, 100 on every other task (AntMaze, pen,
