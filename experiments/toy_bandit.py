@@ -17,7 +17,9 @@ regressed on the reward directly (here: discount 0, so the agent's TD target is 
 100 steps = 100,000 gradient steps at lr 3e-4 (actor and critic), batch 100, no gradient
 clipping, constant lr. Every panel trains with them. The diffusion policies are the suite's
 agent unchanged, fed batches with next_observations = observations; Diffusion-QL's step is
-compiled, which is what makes 100k steps at T = 50 affordable on a CPU.
+compiled, which is what makes 100k steps at T = 50 affordable on a CPU. Gaussian BC and the
+TD3+BC-style policy stand in for the public toy's BC-MLE and QL-MLE panels; their networks here
+are 3 x 128 Mish MLPs (the public ones are 2-hidden-layer Gaussian policies).
 
 Per panel the summary reports the share of samples within NEAR_RADIUS = 0.1 of each mode (the
 data's std is 0.05), the share with a coordinate at the action box's boundary (|a_i| = 1, where
