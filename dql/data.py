@@ -51,7 +51,13 @@ D4RL_ENV_IDS: dict[str, str] = {
 
 OBSERVATION_KEY_ORDER = ("observation", "achieved_goal", "desired_goal")
 REWARD_TRANSFORMS = (
-    *("none", "zscore", "normalize", "locomotion", "cql_antmaze", "corl_antmaze", "antmaze"),
+    "none",
+    "zscore",
+    "normalize",
+    "locomotion",
+    "cql_antmaze",
+    "corl_antmaze",
+    "antmaze",
 )
 HDF5_REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 _MINARI_ID = re.compile(r"^([\w.-]+/)*[\w.-]+-v\d+$")
