@@ -150,8 +150,15 @@ class Diffusion(nn.Module):
             t = torch.randint(0, self.num_steps, x0.shape[:-1], device=x0.device)
         if noise is None:
             noise = torch.randn_like(x0)
-        predicted = self.denoiser(self.q_sample(x0, t, noise), t, state)
+        _, predicted = self._predict_noise(x0, state, t, noise)
         return (predicted - noise).square().mean(dim=(-2, -1))
+
+    def _predict_noise(
+        self, x0: torch.Tensor, state: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t = q_sample(x0, t, noise) and the denoiser's eps_hat for it."""
+        x_t = self.q_sample(x0, t, noise)
+        return x_t, self.denoiser(x_t, t, state)
 
     def loss_and_reconstruction(
         self, x0: torch.Tensor, state: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
@@ -159,8 +166,7 @@ class Diffusion(nn.Module):
         """L_bc as `loss`, and from the same denoiser pass EDP's one-step reconstruction of
         the action (Kang et al. 2023): x0_hat = sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps_hat,
         clipped to the action box; differentiable w.r.t. the denoiser."""
-        x_t = self.q_sample(x0, t, noise)
-        predicted = self.denoiser(x_t, t, state)
+        x_t, predicted = self._predict_noise(x0, state, t, noise)
         loss = (predicted - noise).square().mean(dim=(-2, -1))
         x0_hat = (
             self.sqrt_recip_alphas_cumprod[t, None] * x_t
