@@ -170,15 +170,92 @@ def test_medium_replay_from_a_resumed_sac_run(tmp_path: Path, store: Path) -> No
     )
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [50, 100, 150, 200]  # the second call resumed
+    from stable_baselines3.common.save_util import load_from_pkl
+
+    buffer = load_from_pkl(run / "replay_buffer.pkl")  # grown on resume, not wrapped round
+    # 149 stored when saved at step 150, the resume's env reset drops step 150, then 49 more.
+    assert (buffer.full, buffer.pos, buffer.buffer_size) == (False, 198, 200)
     dataset = _build("medium-replay", policy_dir=tmp_path, train_steps=200)
     medium = json.loads((tmp_path / "hopper_medium.json").read_text())
     assert medium["train_total_steps"] == 200  # exported from this run, not the shipped one
     episodes = list(dataset.iterate_episodes())
-    # SB3 checkpoints at step N before storing transition N: the final buffer holds 199.
-    assert dataset.total_steps == min(medium["train_step"], 199)
+    # The final buffer holds 198 (above).
+    assert dataset.total_steps == min(medium["train_step"], 198)
     for ep in episodes:
         assert not ep.terminations[:-1].any() and not ep.truncations[:-1].any()
         assert ep.terminations[-1] != ep.truncations[-1]
+
+
+def test_medium_replay_reruns_the_run_behind_the_shipped_medium(
+    tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """With only exported policies (as shipped), medium-replay retrains SAC to the medium's step,
+    no further, and confirms the rerun by the actor's weights; a mismatch is said, not hidden."""
+    pytest.importorskip("stable_baselines3")
+    from dql.builders import locomotion
+
+    torch.set_num_threads(1)
+    tiny = locomotion.LocomotionRecipe("Hopper-v5", 200, checkpoint_every=50, eval_episodes=1)
+    monkeypatch.setitem(locomotion.RECIPES, "hopper", tiny)
+    original = tmp_path / "original"
+    run = locomotion.train_behaviour_policies("hopper", original, None, False)
+    locomotion.export_policies("hopper", run, original, recheck_episodes=1)
+    step = 150  # past SB3's 100 random steps, before the run's end: the medium, as shipped
+    meta = json.loads((original / "hopper_medium.json").read_text())
+    space = gym.make("Hopper-v5").action_space
+    save_policy(
+        torch.load(run / f"actor_{step}.pt", weights_only=True),
+        original / "hopper_medium",
+        env_id="Hopper-v5",
+        action_low=space.low,
+        action_high=space.high,
+        extra={**meta, "train_step": step},
+    )
+
+    def shipped_only(name: str) -> Path:
+        directory = tmp_path / name
+        directory.mkdir()
+        for f in original.glob("hopper_*.*"):
+            (directory / f.name).write_bytes(f.read_bytes())
+        return directory
+
+    faithful = shipped_only("faithful")
+    build_locomotion(
+        "hopper",
+        "medium-replay",
+        policy_dir=faithful,
+        dataset_id_override="local/hopper/rerun-v0",
+        ref_episodes=1,
+        progress=False,
+    )
+    log = [
+        json.loads(line) for line in (faithful / "sac_hopper/log.jsonl").read_text().splitlines()
+    ]
+    assert log[-1]["step"] == step  # trained to the medium checkpoint, not to the recipe's 200
+    data = minari.load_dataset("local/hopper/rerun-v0")
+    assert data.total_steps == step - 1  # the buffer saved at step N holds N - 1 transitions
+    assert "warning" not in capsys.readouterr().out
+    assert not (faithful / "hopper_medium_rerun.pt").exists()
+    first = next(data.iterate_episodes())
+    from stable_baselines3.common.save_util import load_from_pkl
+
+    reference = load_from_pkl(original / "sac_hopper/replay_buffer.pkl").observations[:, 0]
+    np.testing.assert_array_equal(first.observations[:-1], reference[: len(first.actions)])
+
+    altered = shipped_only("altered")
+    weights = torch.load(altered / "hopper_medium.pt", weights_only=True)
+    weights["mu.bias"] += 1.0
+    torch.save(weights, altered / "hopper_medium.pt")
+    build_locomotion(
+        "hopper",
+        "medium-replay",
+        policy_dir=altered,
+        dataset_id_override="local/hopper/altered-v0",
+        ref_episodes=1,
+        progress=False,
+    )
+    assert "differs from" in capsys.readouterr().out
+    assert (altered / "hopper_medium_rerun.pt").is_file()
 
 
 def test_select_checkpoints_picks_best_and_a_third() -> None:

@@ -126,6 +126,7 @@ def train_sac(
     if latest.exists() and buffer_path.exists():
         model = SAC.load(latest, env=env, device="cpu")
         model.load_replay_buffer(buffer_path)
+        _grow_replay_buffer(model.replay_buffer, total_steps)
         print(f"resuming {env_id} SAC from step {model.num_timesteps:,}", flush=True)
     else:
         model = SAC(
@@ -171,6 +172,21 @@ def train_sac(
 
     model.learn(remaining, callback=Checkpoint(), reset_num_timesteps=False, progress_bar=progress)
     return out_dir
+
+
+def _grow_replay_buffer(buffer: Any, size: int) -> None:
+    """Enlarge a (not yet full) SB3 replay buffer to `size`, so a run resumed with a larger
+    budget still keeps its whole history in order (medium-replay reads it from the start)."""
+    if buffer.buffer_size >= size or buffer.full:
+        return
+    for name in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
+        old = getattr(buffer, name, None)
+        if old is None:
+            continue
+        grown = np.zeros((size, *old.shape[1:]), dtype=old.dtype)
+        grown[: len(old)] = old
+        setattr(buffer, name, grown)
+    buffer.buffer_size = size
 
 
 def read_training_log(run_dir: Path) -> list[dict[str, Any]]:
@@ -300,6 +316,73 @@ def ensure_policy(
         run_dir = train_behaviour_policies(env, policy_dir, train_steps, progress)
         path = export_policies(env, run_dir, policy_dir)[level]
     return load_policy(path)
+
+
+def _checkpoint_step(env: str, policy_dir: Path | None) -> int | None:
+    """The SAC step of the medium policy found for `env` (exported or shipped), if it has one."""
+    path = find_policy(env, "medium", policy_dir)
+    return json.loads(path.with_suffix(".json").read_text()).get("train_step") if path else None
+
+
+def rerun_to_medium(env: str, policy_dir: Path | None, progress: bool) -> tuple[Path, Policy]:
+    """The SAC run behind `env`'s medium policy, trained (again) up to the medium's level.
+
+    SB3 SAC with its fixed seed is deterministic on one CPU and library stack, so rerunning the
+    recipe to the medium's step reproduces the run's replay buffer without training on to the
+    expert; the actor it saves at that step is compared with the medium's weights to confirm it.
+    On another CPU or library version the run takes another path (measured: Hopper's returns at
+    10k steps differ between two Xeon machines). Then, as D4RL defines medium-replay, the run
+    goes on until a checkpoint's evaluation return reaches the medium's (at most the recipe's
+    budget, else the closest one), and that checkpoint's own actor is the medium of the data.
+    """
+    recipe = recipe_for(env)
+    policy_root = policy_dir or default_policy_dir()
+    medium_path = find_policy(env, "medium", policy_dir)
+    assert medium_path is not None
+    medium = load_policy(medium_path)
+    step = int(medium.meta["train_step"])
+    if step % recipe.checkpoint_every:
+        raise DatasetError(f"{medium_path} was saved at step {step:,}, not a checkpoint step")
+    run_dir = train_behaviour_policies(env, policy_root, step, progress)
+    actor = torch.load(run_dir / f"actor_{step}.pt", map_location="cpu", weights_only=True)
+    shipped = torch.load(medium.path, map_location="cpu", weights_only=True)
+    if set(actor) >= set(shipped) and all(torch.equal(actor[k], shipped[k]) for k in shipped):
+        return run_dir, medium
+
+    target = float(medium.meta["checkpoint_eval_return"])
+    print(
+        f"warning: the rerun SAC actor at step {step:,} differs from {medium_path} (another CPU "
+        f"or library version); training on until a checkpoint returns {target:.0f}",
+        flush=True,
+    )
+    while True:
+        log = read_training_log(run_dir)
+        reached = [r for r in log if r["eval_return_mean"] >= target]
+        if reached or log[-1]["step"] >= recipe.train_steps:
+            break
+        train_behaviour_policies(
+            env, policy_root, log[-1]["step"] + recipe.checkpoint_every, progress
+        )
+    record = reached[0] if reached else min(log, key=lambda r: abs(r["eval_return_mean"] - target))
+    if not reached:
+        print(f"warning: no checkpoint reached {target:.0f}; using the closest", flush=True)
+    space = gym.make(recipe.env_id).action_space
+    meta = {k: v for k, v in medium.meta.items() if k not in ("recheck_return", "recheck_episodes")}
+    own = save_policy(
+        torch.load(run_dir / f"actor_{record['step']}.pt", map_location="cpu", weights_only=True),
+        policy_root / f"{env}_medium_rerun",
+        env_id=recipe.env_id,
+        action_low=space.low,
+        action_high=space.high,
+        extra={
+            **meta,
+            "train_step": record["step"],
+            "train_total_steps": record["step"],
+            "checkpoint_eval_return": record["eval_return_mean"],
+            "selection": f"first checkpoint of a rerun whose return reaches {medium_path.name}'s",
+        },
+    )
+    return run_dir, load_policy(own)
 
 
 def _exported_from(path: Path, last_step: int) -> bool:
@@ -507,6 +590,17 @@ def build_locomotion(
                 f"package, so no reference scores; build {env}-expert first to get them",
                 flush=True,
             )
+    elif quality == "medium-replay" and train_steps is None and _checkpoint_step(env, policy_dir):
+        run_dir, medium = rerun_to_medium(env, policy_dir, progress)
+        expert_path = find_policy(env, "expert", policy_dir)
+        expert = load_policy(expert_path) if expert_path else None
+        step = medium.meta["train_step"]
+        episodes, used = replay_episodes(run_dir, step, action_space), [medium]
+        algorithm = "SB3 SAC replay buffer"
+        behaviour = (
+            f"the replay buffer of the SB3 SAC run ({run_dir.name}, rerun to the medium "
+            f"checkpoint) over its first {step:,} steps, up to {_describe(medium)}"
+        )
     else:
         run_dir = (policy_dir or default_policy_dir()) / f"sac_{env}"
         if quality == "medium-replay" and not (run_dir / "latest.zip").is_file():
