@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dql.batched_seeds import per_seed
 from dql.buffer import Batch
 from dql.cli import run_cli
 from dql.errors import ConfigError
@@ -60,6 +61,7 @@ class BC:
         self.actor.to(self.device)
         self.optimizer = make_optimizer(self.actor.parameters(), config.lr)
 
+    @per_seed
     def loss(self, batch: Batch) -> torch.Tensor:
         if self.config.gaussian:
             return -self.actor.log_prob(batch["observations"], batch["actions"]).mean()
@@ -69,7 +71,7 @@ class BC:
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         loss = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.sum().backward()  # .sum(): over batched seeds (dql.batched_seeds); one: the loss
         self.optimizer.step()
         return {"bc_loss": loss.detach()}
 

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dql.batched_seeds import per_seed
 from dql.buffer import Batch
 from dql.cli import run_cli
 from dql.errors import ConfigError
@@ -124,52 +125,69 @@ class IQL:
             self.actor_optimizer, T_max=config.steps
         )
 
-    @at_config_precision  # --precision bf16: the step under autocast
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        c = self.config
-        observations, actions = batch["observations"], batch["actions"]
-
-        # value: expectile regression of V(s) onto the target critics' min Q(s, a)
+    @per_seed
+    def value_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Expectile regression of V(s) onto the target critics' min Q(s, a); also that Q."""
         with torch.no_grad():
-            target_q = self.critic_target.min(observations, actions)
-        value_loss = expectile_loss(target_q - self.value(observations).squeeze(-1), c.expectile)
-        self.value_optimizer.zero_grad(set_to_none=True)
-        value_loss.backward()
-        self.value_optimizer.step()
+            target_q = self.critic_target.min(batch["observations"], batch["actions"])
+        value = self.value(batch["observations"]).squeeze(-1)
+        return expectile_loss(target_q - value, self.config.expectile), target_q
 
+    @per_seed
+    def critic_loss(
+        self, batch: Batch, target_q: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One-step TD onto the (updated) V(s'), never a max over actions; also the actor's
+        advantages Q(s, a) - V(s) and the mean of each."""
+        c = self.config
         # the updated V at s (the actor's advantages) and at s' (the critics' target), one pass
         with torch.no_grad():
-            both = torch.cat([observations, batch["next_observations"]])
+            both = torch.cat([batch["observations"], batch["next_observations"]])
             v, next_v = self.value(both).squeeze(-1).float().chunk(2)
             advantage = target_q - v
-
-        # critics: one-step TD onto V(s'), never a max over actions
         target = batch["rewards"] + c.discount * (1.0 - batch["terminals"]) * next_v
-        q = self.critic(observations, actions)  # (2, B)
-        critic_loss = (q - target).square().mean(dim=1).sum()
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optimizer.step()
+        q = self.critic(batch["observations"], batch["actions"])  # (2, B)
+        loss = (q - target).square().mean(dim=1).sum()
+        return loss, advantage, advantage.mean(), q.detach().mean()
 
-        # actor: advantage-weighted regression
+    @per_seed
+    def actor_loss(self, batch: Batch, advantage: torch.Tensor) -> torch.Tensor:
+        """Advantage-weighted regression."""
+        c = self.config
+        observations, actions = batch["observations"], batch["actions"]
         weights = torch.exp(c.beta * advantage).clamp(max=MAX_ADVANTAGE_WEIGHT)
         if c.deterministic_actor:
             bc_losses = (self.actor(observations) - actions).square().sum(-1)
         else:
             bc_losses = -self.actor.log_prob(observations, actions)
-        actor_loss = (weights * bc_losses).mean()
+        return (weights * bc_losses).mean()
+
+    @at_config_precision  # --precision bf16: the step under autocast
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        # .sum() of a loss: over batched seeds (dql.batched_seeds); for one seed, the loss
+        value_loss, target_q = self.value_loss(batch)
+        self.value_optimizer.zero_grad(set_to_none=True)
+        value_loss.sum().backward()
+        self.value_optimizer.step()
+
+        critic_loss, advantage, advantage_mean, q_mean = self.critic_loss(batch, target_q)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.sum().backward()
+        self.critic_optimizer.step()
+
+        actor_loss = self.actor_loss(batch, advantage)
         self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
+        actor_loss.sum().backward()
         self.actor_optimizer.step()
         self.actor_schedule.step()
 
-        polyak_update(self.critic_target, self.critic, c.tau)
+        polyak_update(self.critic_target, self.critic, self.config.tau)
         return {
             "value_loss": value_loss.detach(),
             "critic_loss": critic_loss.detach(),
             "actor_loss": actor_loss.detach(),
-            "advantage_mean": advantage.mean(),
-            "q_mean": q.detach().mean(),
+            "advantage_mean": advantage_mean,
+            "q_mean": q_mean,
         }
 
     @torch.no_grad()

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dql.batched_seeds import per_seed
 from dql.buffer import Batch
 from dql.cli import run_cli
 from dql.errors import ConfigError
@@ -102,9 +103,10 @@ class TD3BC:
         self.last_actor_loss = torch.zeros((), device=self.device)
         self.last_lambda = torch.zeros((), device=self.device)
 
+    @per_seed
     def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum over both critics of the TD error against the smoothed clipped double-Q target;
-        also returns Q(s, a) (2, B)."""
+        also returns the mean Q(s, a)."""
         c = self.config
         with torch.no_grad():
             next_actions = self.actor_target(batch["next_observations"])
@@ -114,8 +116,9 @@ class TD3BC:
             next_q = self.critic_target.min(batch["next_observations"], next_actions)
             target = batch["rewards"] + c.discount * (1.0 - batch["terminals"]) * next_q
         q = self.critic(batch["observations"], batch["actions"])  # (2, B)
-        return (q - target).square().mean(dim=1).sum(), q
+        return (q - target).square().mean(dim=1).sum(), q.detach().mean()
 
+    @per_seed
     def actor_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """-lambda E Q_1(s, pi(s)) + E ||pi(s) - a||^2 and lambda = alpha / E|Q_1| (detached)."""
         policy_actions = self.actor(batch["observations"])
@@ -126,9 +129,9 @@ class TD3BC:
 
     @at_config_precision  # --precision bf16: the step under autocast
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        critic_loss, q = self.critic_loss(batch)
+        critic_loss, q_mean = self.critic_loss(batch)
         self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
+        critic_loss.sum().backward()  # .sum(): over batched seeds (dql.batched_seeds); one: the loss
         self.critic_optimizer.step()
         self.updates += 1
 
@@ -136,7 +139,7 @@ class TD3BC:
             actor_loss, lmbda = self.actor_loss(batch)
             self.actor_optimizer.zero_grad(set_to_none=True)
             # only the actor's gradients are needed: skip the critic's weight gradients
-            actor_loss.backward(inputs=list(self.actor.parameters()))
+            actor_loss.sum().backward(inputs=list(self.actor.parameters()))
             self.actor_optimizer.step()
             polyak_update(self.critic_target, self.critic, self.config.tau)
             polyak_update(self.actor_target, self.actor, self.config.tau)
@@ -145,7 +148,7 @@ class TD3BC:
             "critic_loss": critic_loss.detach(),
             "actor_loss": self.last_actor_loss,
             "lambda": self.last_lambda,
-            "q_mean": q.detach().mean(),
+            "q_mean": q_mean,
         }
 
     @torch.no_grad()

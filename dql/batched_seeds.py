@@ -23,41 +23,255 @@ loads into a normal agent (and the other way round).
 - Seeds resumed together must stand at the same step (they do if they were trained together);
   `run_batched` trains groups of equal steps one after another, and skips complete runs.
 
-An algorithm takes part when its agent class accepts `seeds=` and has `seed_state_dict(k)`,
-`load_seed_state_dict(k, state)` and `act(observations, generator)` (today: Diffusion-QL).
+An algorithm takes part in one of two ways:
+- Generic (`SeedStack`; BC, TD3+BC, IQL): the algorithm file is written for one seed and marks
+  with `@per_seed` the methods that hold its maths (losses, targets, metrics: functions of a
+  batch and the agent's networks). The stack builds S normal agents, each as a run seeded s_k
+  builds it, and turns the first into all of them: every parameter and buffer becomes (S, ...)
+  (optimizers, schedulers and Polyak updates work on them unchanged, being elementwise), and a
+  `@per_seed` call runs as `torch.func.vmap` of `functional_call` over the seed dimension. The
+  update's choreography (zero_grad, backward, step) runs once for all seeds: a loss comes back
+  as (S,), so the algorithm writes `loss.sum().backward()` (seeds share no weight, so each gets
+  its own gradient; for one seed the sum is the loss itself). Noise in the update comes from one
+  generator of the stack (vmap's `randomness="different"`): seed k is then a run seeded k in
+  distribution, and equal to it where its update draws no noise.
+- Native: the agent class accepts `seeds=` and has `seed_state_dict(k)`,
+  `load_seed_state_dict(k, state)` and `act(observations, generator)` (Diffusion-QL, whose
+  seed dimension predates the stack and keeps each seed's own generator).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
+import inspect
 import os
+import random
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from dql.errors import ConfigError, UserError
-from dql.training import TrainConfig, default_run_dir, request_stop, run_training
+from dql.training import (
+    TrainConfig,
+    default_run_dir,
+    request_stop,
+    run_training,
+    seed_everything,
+)
 
 # Config fields that may differ between the seeds of one batched group.
 PER_SEED_FIELDS = {"seed", "run_dir", "resume", "progress"}
 
+F = TypeVar("F", bound=Callable[..., Any])
 
-def supports_batched_seeds(agent_cls: type) -> bool:
-    """Whether `agent_cls` can train several seeds as one model."""
-    import inspect
 
+def per_seed(method: F) -> F:
+    """Mark an agent method whose maths is one seed's: a function of its tensor arguments and
+    the agent's networks. In a `SeedStack` it maps over the seed dimension; otherwise it is the
+    plain call."""
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        stack = self.__dict__.get("_seed_stack")
+        if stack is None:
+            return method(self, *args, **kwargs)
+        return stack.map_seeds(method, args, kwargs)
+
+    call.__per_seed__ = True  # type: ignore[attr-defined]
+    return call  # type: ignore[return-value]
+
+
+def _native(agent_cls: type) -> bool:
     methods = ("seed_state_dict", "load_seed_state_dict")
     try:
         takes_seeds = "seeds" in inspect.signature(agent_cls).parameters
     except (TypeError, ValueError):
         return False
     return takes_seeds and all(callable(getattr(agent_cls, m, None)) for m in methods)
+
+
+def _generic(agent_cls: type) -> bool:
+    return any(getattr(getattr(agent_cls, n, None), "__per_seed__", False) for n in dir(agent_cls))
+
+
+def supports_batched_seeds(agent_cls: type) -> bool:
+    """Whether `agent_cls` can train several seeds as one model."""
+    return _native(agent_cls) or _generic(agent_cls)
+
+
+def batched_agent(
+    agent_cls: type, dims: tuple[int, int, float], config: Any, seeds: Sequence[int]
+) -> Any:
+    """One agent training `seeds` on (S, B, ...) batches: the class's own, or a `SeedStack`."""
+    if _native(agent_cls):
+        return agent_cls(*dims, config, seeds=seeds)
+    return SeedStack(agent_cls, dims, config, seeds)
+
+
+class _Call(nn.Module):
+    """Holds an agent's networks as submodules, so `functional_call` can swap all their tensors
+    for one seed's while `fn` runs."""
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        super().__init__()
+        for name, module in modules.items():
+            self.add_module(name, module)
+        self.fn: Callable[..., Any] | None = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        assert self.fn is not None
+        return self.fn(*args, **kwargs)
+
+
+class SeedStack:
+    """S agents of one class as one, their parameters stacked (S, ...): see the module doc."""
+
+    def __init__(
+        self, agent_cls: type, dims: tuple[int, int, float], config: Any, seeds: Sequence[int]
+    ) -> None:
+        self.num_seeds = len(seeds)
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG streams are left as they were
+            agents = []
+            for seed in seeds:  # seed k's initial weights are those of a run seeded k
+                seed_everything(int(seed))
+                agents.append(agent_cls(*dims, config))
+            # the stack's own noise stream for updates, seeded by the group
+            self._rng = torch.Generator().manual_seed(int(seeds[0]) * 1_000_003 + len(seeds))
+            self._rng_state = self._rng.get_state()
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        self.agent = agent = agents[0]
+        self.device = agent.device
+        self.selection_metric = getattr(agent, "selection_metric", None)
+        if hasattr(agent, "setup") or hasattr(agent, "sample_batch"):
+            raise UserError(
+                f"{agent_cls.__name__} needs its own buffer set-up: run seeds one by one"
+            )
+        modules = {n: v for n, v in vars(agent).items() if isinstance(v, nn.Module)}
+        self._raw = [n for n, v in vars(agent).items() if isinstance(v, nn.Parameter)]
+        stacked: set[int] = set()
+        for name in list(modules) + self._raw:
+            mine = getattr(agent, name)
+            theirs = [getattr(a, name) for a in agents]
+            if isinstance(mine, nn.Parameter):
+                groups = [theirs]
+            else:
+                groups = [
+                    list(g)
+                    for g in zip(*[[*m.parameters(), *m.buffers()] for m in theirs], strict=True)
+                ]
+            for group in groups:
+                if id(group[0]) in stacked:  # a tensor two attributes share
+                    continue
+                stacked.add(id(group[0]))
+                group[0].data = torch.stack([t.data for t in group])
+        self._call = _Call(modules)
+        agent._seed_stack = self
+
+    # ------------------------------------------------------------------ training
+
+    def map_seeds(self, method: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """`method(agent, *args, **kwargs)` for every seed at once, arguments (S, ...)."""
+        agent, call = self.agent, self._call
+        tensors = {**dict(call.named_parameters()), **dict(call.named_buffers())}
+        raw = {n: agent.__dict__[n] for n in self._raw}
+
+        def one_seed(tensors: dict, raw_values: dict, args: tuple, kwargs: dict) -> Any:
+            saved = {n: agent.__dict__[n] for n in raw_values}
+            agent.__dict__.update(raw_values)
+            call.fn = functools.partial(method, agent)
+            try:
+                return torch.func.functional_call(call, tensors, args, kwargs)
+            finally:
+                agent.__dict__.update(saved)
+                call.fn = None
+
+        return torch.func.vmap(one_seed, randomness="different")(tensors, raw, args, kwargs)
+
+    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._rng_state)
+            metrics = self.agent.update(batch)
+            self._rng_state = torch.get_rng_state()
+        return {k: v.expand(self.num_seeds) if v.dim() == 0 else v for k, v in metrics.items()}
+
+    # ------------------------------------------------------------------ one seed's state
+
+    def seed_state_dict(self, k: int) -> dict[str, Any]:
+        """Seed k as a normal agent's state_dict (loads into a normal agent)."""
+        state = _select(self.agent.state_dict(), lambda t: t[k].clone(), self.num_seeds)
+        state["seed_stack_rng"] = self._rng_state.clone()
+        return state
+
+    def load_seed_state_dict(self, k: int, state: dict[str, Any]) -> None:
+        """Put a normal agent's state_dict (a checkpoint of seed k) into row k."""
+        merged = _merge(self.agent.state_dict(), state, k, self.num_seeds)
+        self.agent.load_state_dict(merged)
+        if "seed_stack_rng" in state:
+            self._rng_state = state["seed_stack_rng"].clone()
+
+
+def _is_module_state(value: Any) -> bool:
+    return hasattr(value, "_metadata") or (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(v, torch.Tensor) for v in value.values())
+        and "state" not in value
+    )
+
+
+def _select(
+    state: Any, row: Callable[[torch.Tensor], torch.Tensor], seeds: int, kind: str = "top"
+) -> Any:
+    """Walk a stacked state_dict: per-seed tensors go through `row`, shared values stay."""
+    if isinstance(state, torch.Tensor):
+        per_seed_tensor = kind == "module" or (
+            state.dim() >= 1 and (kind == "optimizer" or state.shape[0] == seeds)
+        )
+        return row(state) if per_seed_tensor else state
+    if isinstance(state, dict):
+        if "state" in state and "param_groups" in state:  # an optimizer's
+            return {**state, "state": _select(state["state"], row, seeds, "optimizer")}
+        inner = "module" if kind == "top" and _is_module_state(state) else kind
+        return type(state)((k, _select(v, row, seeds, inner)) for k, v in state.items())
+    return state
+
+
+def _merge(stacked: Any, single: Any, k: int, seeds: int, kind: str = "top") -> Any:
+    """`stacked` with seed k's entries replaced by `single`'s (the inverse of `_select`)."""
+    if isinstance(single, torch.Tensor):
+        if kind == "optimizer" and single.dim() == 0:  # a step count: the same for every seed
+            return single
+        shape = (seeds, *single.shape)
+        if isinstance(stacked, torch.Tensor) and stacked.shape == shape:
+            out = stacked.detach().clone()
+        elif isinstance(stacked, torch.Tensor) and stacked.shape == single.shape:
+            out = stacked.detach().expand(shape).clone()  # not per-seed yet (a first metric)
+        else:
+            out = single.new_zeros(shape)  # rows of seeds not loaded yet: filled by their load
+        out[k] = single.to(out.device, out.dtype)
+        return out
+    if isinstance(single, dict):
+        other = stacked if isinstance(stacked, dict) else {}
+        if "state" in single and "param_groups" in single:
+            return {
+                **single,
+                "state": _merge(other.get("state"), single["state"], k, seeds, "optimizer"),
+            }
+        inner = "module" if kind == "top" and _is_module_state(single) else kind
+        return type(single)(
+            (n, _merge(other.get(n), v, k, seeds, inner)) for n, v in single.items()
+        )
+    return single
 
 
 def algorithm_of(config: TrainConfig) -> tuple[type, str]:
@@ -160,7 +374,9 @@ class _SeedView:
             self._snapshot.load_state_dict(self.state_dict())
             self._generator.manual_seed(self.config.eval_seed)  # as the loop seeds torch's RNG
             self._stale = False
-        return self._snapshot.act(observations, generator=self._generator)
+        if "generator" in inspect.signature(self._snapshot.act).parameters:
+            return self._snapshot.act(observations, generator=self._generator)
+        return self._snapshot.act(observations)  # torch's RNG, which the loop seeds
 
     def state_dict(self) -> dict[str, Any]:
         return self.group.agent.seed_state_dict(self.index)
@@ -196,9 +412,7 @@ class _Lockstep:
                 if self.agent is None:
                     self.dims = (observation_dim, action_dim, max_action)
                     seeds = [c.seed for c in self.configs]
-                    self.agent = self.agent_cls(
-                        observation_dim, action_dim, max_action, config, seeds=seeds
-                    )
+                    self.agent = batched_agent(self.agent_cls, self.dims, config, seeds)
                 elif self.dims != (observation_dim, action_dim, max_action):
                     raise UserError("batched seeds must train on the same dataset")
                 self.state[index] = "joined"

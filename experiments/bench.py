@@ -19,8 +19,9 @@ What is measured, per algorithm, at paper settings (batch 256, hidden 256, Hoppe
   (a free policy: the env's share; 10 act(1) / act(10): the policy's share);
 - peak memory of training steps (resident-set high-water mark over the steps, CUDA:
   max_memory_allocated);
-- Diffusion-QL only: 5 seeds trained as one batched model against 1 seed, per gradient step,
-  compiled or not, fp32 or bf16, at 1 thread and at every core.
+- every algorithm that batches seeds (Diffusion-QL natively; BC, TD3+BC, IQL through the
+  generic stack): 5 seeds trained as one batched model against 1 seed, per gradient step,
+  compiled or not (Diffusion-QL), fp32 or bf16, at 1 thread and at every core.
 
 References, built in this file or imported: for Diffusion-QL `EagerDiffusionQL` below, the
 identical maths written the obvious way, as the published code is (two critic modules, a
@@ -425,6 +426,12 @@ def agent_config(name: str, device: str, **extra: Any) -> Any:
     fields = {f.name for f in dataclasses.fields(module.Config)}
     values = {k: v for k, v in extra.items() if k in fields}
     return module.Config(device=device, progress=False, **values)
+
+
+def can_batch_seeds(name: str) -> bool:
+    from dql.batched_seeds import supports_batched_seeds
+
+    return supports_batched_seeds(find_agent_class(importlib.import_module(ALGORITHMS[name])))
 
 
 def has_field(name: str, field: str) -> bool:
@@ -856,19 +863,22 @@ def bench_evaluation(name: str, s: Settings, buffer: ReplayBuffer) -> dict[str, 
     return row
 
 
-def bench_batched_seeds(s: Settings, buffer: ReplayBuffer, notes: list[str]) -> dict | None:
-    """Diffusion-QL: wall time of one step of S seeds as one model over one step of one seed."""
-    module = importlib.import_module(ALGORITHMS["diffusion_ql"])
-    agent_cls = find_agent_class(module)
-    import inspect
+def bench_batched_seeds(
+    s: Settings, buffer: ReplayBuffer, notes: list[str], name: str = "diffusion_ql"
+) -> dict | None:
+    """Wall time of one step of S seeds as one model over one step of one seed: Diffusion-QL's
+    own seed dimension, every other algorithm through the generic stack (dql.batched_seeds)."""
+    from dql.batched_seeds import batched_agent, supports_batched_seeds
 
-    if "seeds" not in inspect.signature(agent_cls).parameters:
-        notes.append("batched seeds: the Diffusion-QL agent takes no `seeds`; not measured")
+    agent_cls = find_agent_class(importlib.import_module(ALGORITHMS[name]))
+    if not supports_batched_seeds(agent_cls):
+        notes.append(f"batched seeds: {name} cannot batch seeds; not measured")
         return None
     # every setting a researcher might run with: compiled or not, fp32 or bf16, and on CPU at
     # the bench's threads and at every core (a batched step's bigger matmuls use several cores
     # where one seed's small ones may not)
-    compiles = [True, False] if s.compile and not s.quick else [False]
+    can_compile = has_field(name, "compile")
+    compiles = [True, False] if can_compile and s.compile and not s.quick else [False]
     precisions = ["fp32"] if s.quick else ["fp32", "bf16"]
     threads = torch.get_num_threads()
     counts = [threads] if s.device != "cpu" else sorted({threads, os.cpu_count() or threads})
@@ -876,10 +886,11 @@ def bench_batched_seeds(s: Settings, buffer: ReplayBuffer, notes: list[str]) -> 
     for count, compiled, precision in itertools.product(counts, compiles, precisions):
         # threads first: compiled CPU kernels keep the thread count they were compiled with
         torch.set_num_threads(count)
-        config = agent_config("diffusion_ql", s.device, compile=compiled, precision=precision)
+        extra = {"compile": compiled} if can_compile else {}
+        config = agent_config(name, s.device, precision=precision, **extra)
         single = agent_cls(OBSERVATION_DIM, ACTION_DIM, 1.0, config)
         seeds = list(range(SEEDS_BATCHED))
-        batched = agent_cls(OBSERVATION_DIM, ACTION_DIM, 1.0, config, seeds=seeds)
+        batched = batched_agent(agent_cls, (OBSERVATION_DIM, ACTION_DIM, 1.0), config, seeds)
         one = candidate_trainer(single, buffer, s.device, "1 seed")
         many = batched_seeds_trainer(batched, buffer, SEEDS_BATCHED, s.device)
         warm_up(one, s.warmup_steps)
@@ -890,6 +901,7 @@ def bench_batched_seeds(s: Settings, buffer: ReplayBuffer, notes: list[str]) -> 
         cpu = float(np.median(np.asarray(one.cpu_rates) / np.asarray(many.cpu_rates)))
         rows.append(
             {
+                "algorithm": name,
                 "compile": compiled,
                 "precision": precision,
                 "threads": count,
@@ -898,6 +910,7 @@ def bench_batched_seeds(s: Settings, buffer: ReplayBuffer, notes: list[str]) -> 
                 "batched_time_over_single": round(ratio, 3),
                 "batched_cpu_time_over_single": round(cpu, 3),
                 "seed_steps_per_s_gain": round(SEEDS_BATCHED / ratio, 3),
+                "single_gflop_per_step": gflop_per_step(one) if precision == "fp32" else None,
             }
         )
         print(f"    {rows[-1]}", flush=True)
@@ -1103,6 +1116,34 @@ def write_report(result: dict[str, Any], out: Path) -> Path:
             "'act alone' is 10 x act(1 obs) / act(10 obs). The parallel gain is a mix of the "
             "two, weighted by where the time goes (plus per-episode setup, same in both modes).",
         ]
+    if result.get("batched_seeds_generic"):
+        peak = result.get("matmul_gflops")
+        lines += [
+            "",
+            "## Batched seeds (every other algorithm: the generic stack, dql.batched_seeds)",
+            "",
+            f"{SEEDS_BATCHED} seeds as one model (parameters stacked, per-seed maths under "
+            "torch.func.vmap) against one seed, same settings on both sides. Time ratio: wall "
+            f"time of a batched step over a single-seed step (target at most 3x in bf16). Bound "
+            f"(fp32): one seed at fraction f of the fp32 matmul peak needs {SEEDS_BATCHED}f of it "
+            "for a 1x ratio, so the ratio cannot fall below "
+            f"{SEEDS_BATCHED}f (f from FlopCounterMode's count x steps/s over the peak).",
+            "",
+            "| algorithm | precision | threads | 1 seed steps/s | batched steps/s | time ratio | "
+            "CPU-time ratio | gain | 1 seed at f of peak | ratio bound |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for b in result["batched_seeds_generic"]:
+            for t in b["settings"]:
+                gflop = t.get("single_gflop_per_step")
+                f = gflop * t["single_steps_per_s"] / peak if gflop and peak else None
+                lines.append(
+                    f"| {t['algorithm']} | {t['precision']} | {t['threads']} | "
+                    f"{t['single_steps_per_s']} | {t['batched_steps_per_s']} | "
+                    f"{t['batched_time_over_single']}x | {t['batched_cpu_time_over_single']}x | "
+                    f"{t['seed_steps_per_s_gain']}x | {'-' if f is None else f'{100 * f:.0f}%'} | "
+                    f"{'-' if f is None else f'{SEEDS_BATCHED * f:.2f}x'} |"
+                )
     if result.get("batched_seeds"):
         b = result["batched_seeds"]
         lines += [
@@ -1229,6 +1270,7 @@ def main(argv: list[str] | None = None) -> int:
         "algorithms": [],
         "evaluation": [],
         "batched_seeds": None,
+        "batched_seeds_generic": [],
         "q_gradient": [],
         "notes": notes,
     }
@@ -1257,11 +1299,15 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             result["algorithms"].append(row)
             print(f"    {row}", flush=True)
-        if "diffusion_ql" in algorithms:
-            print(f"[{time.perf_counter() - started:6.1f}s] batched seeds on {device}", flush=True)
-            batched = bench_batched_seeds(s, buffer, notes)
-            if batched is not None and (result["batched_seeds"] is None or device == "cpu"):
+        for name in [a for a in algorithms if can_batch_seeds(a)]:
+            print(f"[{time.perf_counter() - started:6.1f}s] batched {name} on {device}", flush=True)
+            batched = bench_batched_seeds(s, buffer, notes, name)
+            if batched is None:
+                continue
+            if name == "diffusion_ql" and (result["batched_seeds"] is None or device == "cpu"):
                 result["batched_seeds"] = batched
+            elif name != "diffusion_ql":
+                result["batched_seeds_generic"].append(batched)
             print(f"    {batched}", flush=True)
         if "diffusion_ql" in algorithms:
             print(f"[{time.perf_counter() - started:6.1f}s] q_gradient on {device}", flush=True)
