@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dql.batched_seeds import per_seed
 from dql.buffer import Batch
 from dql.cli import run_cli
 from dql.errors import ConfigError
@@ -184,47 +185,59 @@ class BCQ:
         samples = [self.actor_target(observations, self.vae.decode(observations)) for _ in range(n)]
         return torch.stack([self.critic_target(observations, a) for a in samples], dim=1)
 
-    @at_config_precision  # --precision bf16: the step under autocast
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        c = self.config
+    @per_seed
+    def vae_loss(self, batch: Batch) -> torch.Tensor:
+        """The generative model of the behaviour policy: reconstruction + KL / 2."""
         observations, actions = batch["observations"], batch["actions"]
-        next_observations = batch["next_observations"]
-
-        # generative model of the behaviour policy
         reconstruction, mean, log_std = self.vae(observations, actions)
         kl = -0.5 * (1.0 + 2.0 * log_std - mean.square() - (2.0 * log_std).exp()).mean()
-        vae_loss = (reconstruction - actions).square().mean() + 0.5 * kl
-        self.vae_optimizer.zero_grad(set_to_none=True)
-        vae_loss.backward()
-        self.vae_optimizer.step()
+        return (reconstruction - actions).square().mean() + 0.5 * kl
 
-        # critics: soft clipped double Q, max over n perturbed generated actions at s'
+    @per_seed
+    def critic_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Soft clipped double Q, max over n perturbed generated actions at s'; also mean Q."""
+        c = self.config
         with torch.no_grad():
-            next_q = self.sampled_target_q(next_observations)  # (2, n, B)
+            next_q = self.sampled_target_q(batch["next_observations"])  # (2, n, B)
             next_q = c.lmbda * next_q.min(0).values + (1.0 - c.lmbda) * next_q.max(0).values
             next_q = next_q.max(0).values  # the best of the n samples
             target = batch["rewards"] + c.discount * (1.0 - batch["terminals"]) * next_q
-        q = self.critic(observations, actions)  # (2, B)
-        critic_loss = (q - target).square().mean(dim=1).sum()
-        self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        self.critic_optimizer.step()
+        q = self.critic(batch["observations"], batch["actions"])  # (2, B)
+        return (q - target).square().mean(dim=1).sum(), q.detach().mean()
 
-        # perturbation network: maximise Q_1 of perturbed generated actions
+    @per_seed
+    def actor_loss(self, batch: Batch) -> torch.Tensor:
+        """The perturbation network maximises Q_1 of perturbed generated actions."""
+        observations = batch["observations"]
         with torch.no_grad():
             sampled = self.vae.decode(observations)
-        actor_loss = -self.critic.member(0, observations, self.actor(observations, sampled)).mean()
+        return -self.critic.member(0, observations, self.actor(observations, sampled)).mean()
+
+    @at_config_precision  # --precision bf16: the step under autocast
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        # .sum() of a loss: over batched seeds (dql.batched_seeds); for one seed, the loss
+        vae_loss = self.vae_loss(batch)
+        self.vae_optimizer.zero_grad(set_to_none=True)
+        vae_loss.sum().backward()
+        self.vae_optimizer.step()
+
+        critic_loss, q_mean = self.critic_loss(batch)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.sum().backward()
+        self.critic_optimizer.step()
+
+        actor_loss = self.actor_loss(batch)
         self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward(inputs=list(self.actor.parameters()))
+        actor_loss.sum().backward(inputs=list(self.actor.parameters()))
         self.actor_optimizer.step()
 
-        polyak_update(self.critic_target, self.critic, c.tau)
-        polyak_update(self.actor_target, self.actor, c.tau)
+        polyak_update(self.critic_target, self.critic, self.config.tau)
+        polyak_update(self.actor_target, self.actor, self.config.tau)
         return {
             "vae_loss": vae_loss.detach(),
             "critic_loss": critic_loss.detach(),
             "actor_loss": actor_loss.detach(),
-            "q_mean": q.detach().mean(),
+            "q_mean": q_mean,
         }
 
     @torch.no_grad()

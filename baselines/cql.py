@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dql.batched_seeds import per_seed
 from dql.buffer import Batch
 from dql.cli import run_cli
 from dql.errors import ConfigError
@@ -191,7 +192,7 @@ class CQL:
         c = self.config
         n, batch, action_dim = c.num_sampled_actions, q_data.shape[1], self.action_dim
         with torch.no_grad():
-            random_actions = torch.empty(n, batch, action_dim, device=self.device)
+            random_actions = observations.new_empty(n, batch, action_dim)  # batched seeds: per seed
             random_actions.uniform_(-self.max_action, self.max_action)
             current_actions, current_log_prob = self.actor.sample(*policy, num_samples=n)
             next_actions, next_log_prob = self.actor.sample(*next_policy, num_samples=n)
@@ -213,9 +214,10 @@ class CQL:
         gaps = (logsumexp - q_data).clamp(c.cql_clip_diff_min, c.cql_clip_diff_max)  # (2, B)
         return gaps.mean(dim=1)
 
-    @at_config_precision  # --precision bf16: the step under autocast
-    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        c = self.config
+    @per_seed
+    def actor_losses(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        """The entropy temperature's and the actor's (SAC) losses against the current critics;
+        also alpha and pi(.|s), pi(.|s') as (mean, log_std), detached, for the critics."""
         observations, next_observations = batch["observations"], batch["next_observations"]
         # pi(.|s) and pi(.|s') in one forward pass, before the actor's step (as in the authors' code)
         mean, log_std = self.actor.distribution(torch.cat([observations, next_observations]))
@@ -224,23 +226,27 @@ class CQL:
             mean[len(observations) :].detach(),
             log_std[len(observations) :].detach(),
         )
-
-        # entropy temperature and actor (SAC), against the current critics
         policy_actions, log_prob = self.actor.sample(*policy)
         entropy_alpha = self.log_entropy_alpha.exp()
         entropy_loss = -(self.log_entropy_alpha * (log_prob.detach() + self.target_entropy)).mean()
         q_policy = self.critic.min(observations, policy_actions)
         actor_loss = (entropy_alpha.detach() * log_prob - q_policy).mean()
-        self.entropy_optimizer.zero_grad(set_to_none=True)
-        entropy_loss.backward()
-        self.entropy_optimizer.step()
-        self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward(inputs=list(self.actor.parameters()))
-        self.actor_optimizer.step()
+        detached = (policy[0].detach(), policy[1].detach())
+        return entropy_loss, actor_loss, entropy_alpha.detach(), detached, next_policy
 
-        # critics: TD error + conservative penalty
+    @per_seed
+    def critic_losses(
+        self,
+        batch: Batch,
+        policy: tuple[torch.Tensor, torch.Tensor],
+        next_policy: tuple[torch.Tensor, torch.Tensor],
+        entropy_alpha: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """TD error + conservative penalty, the Lagrange multiplier's loss (--lagrange), and
+        their metrics."""
+        c = self.config
+        observations, next_observations = batch["observations"], batch["next_observations"]
         with torch.no_grad():
-            policy = (policy[0].detach(), policy[1].detach())
             if c.max_target_backup:  # the best of n samples of pi(.|s'), each scored by min_k Q'_k
                 n = c.num_sampled_actions
                 next_actions, next_log_prob = self.actor.sample(*next_policy, num_samples=n)
@@ -258,31 +264,48 @@ class CQL:
         q = self.critic(observations, batch["actions"])  # (2, B)
         td_loss = (q - target).square().mean(dim=1).sum()
         gaps = self.conservative_penalty(observations, q, policy, next_policy)  # (2,)
-        metrics: dict[str, torch.Tensor] = {}
+        out = {"td_loss": td_loss, "cql_penalty": gaps.detach().sum(), "q_mean": q.detach().mean()}
         if c.lagrange:  # weight alpha' cql_alpha on (D_k - gap); alpha' rises while D_k > gap
             cql_alpha_prime = self.log_cql_alpha_prime.exp().clamp(0.0, 1e6)
             excess = gaps - c.target_action_gap
             penalty = (cql_alpha_prime.detach() * c.cql_alpha * excess).sum()
-            lagrange_loss = -0.5 * (cql_alpha_prime * c.cql_alpha * excess.detach()).sum()
-            self.lagrange_optimizer.zero_grad(set_to_none=True)
-            lagrange_loss.backward()
-            self.lagrange_optimizer.step()
-            metrics["cql_alpha_prime"] = cql_alpha_prime.detach()
+            out["lagrange_loss"] = -0.5 * (cql_alpha_prime * c.cql_alpha * excess.detach()).sum()
+            out["cql_alpha_prime"] = cql_alpha_prime.detach()
         else:
             penalty = c.cql_alpha * gaps.sum()
-        critic_loss = td_loss + penalty
+        out["critic_loss"] = td_loss + penalty
+        return out
+
+    @at_config_precision  # --precision bf16: the step under autocast
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        # .sum() of a loss: over batched seeds (dql.batched_seeds); for one seed, the loss
+        entropy_loss, actor_loss, entropy_alpha, policy, next_policy = self.actor_losses(batch)
+        self.entropy_optimizer.zero_grad(set_to_none=True)
+        entropy_loss.sum().backward()
+        self.entropy_optimizer.step()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.sum().backward(inputs=list(self.actor.parameters()))
+        self.actor_optimizer.step()
+
+        losses = self.critic_losses(batch, policy, next_policy, entropy_alpha)
+        metrics: dict[str, torch.Tensor] = {}
+        if self.config.lagrange:
+            self.lagrange_optimizer.zero_grad(set_to_none=True)
+            losses["lagrange_loss"].sum().backward()
+            self.lagrange_optimizer.step()
+            metrics["cql_alpha_prime"] = losses["cql_alpha_prime"]
         self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
+        losses["critic_loss"].sum().backward()
         self.critic_optimizer.step()
 
-        polyak_update(self.critic_target, self.critic, c.tau)
+        polyak_update(self.critic_target, self.critic, self.config.tau)
         return {
-            "critic_loss": critic_loss.detach(),
-            "td_loss": td_loss.detach(),
-            "cql_penalty": gaps.detach().sum(),
+            "critic_loss": losses["critic_loss"].detach(),
+            "td_loss": losses["td_loss"].detach(),
+            "cql_penalty": losses["cql_penalty"],
             "actor_loss": actor_loss.detach(),
-            "entropy_alpha": entropy_alpha.detach(),
-            "q_mean": q.detach().mean(),
+            "entropy_alpha": entropy_alpha,
+            "q_mean": losses["q_mean"],
             **metrics,
         }
 

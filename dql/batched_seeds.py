@@ -24,7 +24,7 @@ loads into a normal agent (and the other way round).
   `run_batched` trains groups of equal steps one after another, and skips complete runs.
 
 An algorithm takes part in one of two ways:
-- Generic (`SeedStack`; BC, TD3+BC, IQL): the algorithm file is written for one seed and marks
+- Generic (`SeedStack`; BC, TD3+BC, IQL, CQL, BCQ): the algorithm file is written for one seed and marks
   with `@per_seed` the methods that hold its maths (losses, targets, metrics: functions of a
   batch and the agent's networks). The stack builds S normal agents, each as a run seeded s_k
   builds it, and turns the first into all of them: every parameter and buffer becomes (S, ...)
@@ -157,12 +157,17 @@ class SeedStack:
                 f"{agent_cls.__name__} needs its own buffer set-up: run seeds one by one"
             )
         modules = {n: v for n, v in vars(agent).items() if isinstance(v, nn.Module)}
-        self._raw = [n for n, v in vars(agent).items() if isinstance(v, nn.Parameter)]
+        # trainable tensors held by the agent itself (a temperature, a Lagrange multiplier)
+        self._raw = [
+            n
+            for n, v in vars(agent).items()
+            if isinstance(v, torch.Tensor) and v.is_leaf and v.requires_grad
+        ]
         stacked: set[int] = set()
         for name in list(modules) + self._raw:
             mine = getattr(agent, name)
             theirs = [getattr(a, name) for a in agents]
-            if isinstance(mine, nn.Parameter):
+            if isinstance(mine, torch.Tensor):
                 groups = [theirs]
             else:
                 groups = [

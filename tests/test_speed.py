@@ -154,7 +154,11 @@ def test_only_agents_with_the_protocol_batch_seeds() -> None:
     from baselines.td3bc import TD3BC
 
     assert supports_batched_seeds(DiffusionQL)
-    assert all(supports_batched_seeds(cls) for cls in (BC, TD3BC, IQL))  # the generic stack
+    from baselines.bcq import BCQ
+    from baselines.cql import CQL
+
+    generic = (BC, TD3BC, IQL, CQL, BCQ)  # the generic stack
+    assert all(supports_batched_seeds(cls) for cls in generic)
     assert not supports_batched_seeds(TanhMlpBC)
 
 
@@ -166,6 +170,11 @@ STACKED = {
     "td3bc": {"policy_noise": 0.0},
     "iql": {},
 }
+UNEQUAL = {  # noise in every update
+    "cql": {"actor_hidden": (32, 32)},
+    "cql_lagrange": {"actor_hidden": (32, 32), "lagrange": True},
+    "bcq": {"vae_hidden": (32, 32)},
+}
 
 
 def stacked_case(name: str, seeds: list[int]) -> tuple[Any, list[Any]]:
@@ -174,7 +183,8 @@ def stacked_case(name: str, seeds: list[int]) -> tuple[Any, list[Any]]:
 
     module = importlib.import_module(f"baselines.{name.split('_')[0]}")
     agent_cls = find_agent_class(module)
-    config = module.Config(device="cpu", hidden=(32, 32), steps=10, **STACKED[name])
+    options = {**STACKED, **UNEQUAL}[name]
+    config = module.Config(device="cpu", hidden=(32, 32), steps=10, **options)
     stack = SeedStack(agent_cls, (OBS_DIM, ACT_DIM, 1.0), config, seeds)
     singles = []
     for seed in seeds:  # as run_training seeds a run before it builds the agent
@@ -217,17 +227,25 @@ def test_stacked_seed_k_is_a_normal_run_seeded_k(name: str) -> None:
         assert_states_close(stack.seed_state_dict(k), single.state_dict(), rtol=1e-4, atol=1e-6)
 
 
-def test_stacked_seeds_are_independent_and_resume_exactly() -> None:
-    """Seed 0's trajectory does not depend on seed 1's data; seed states round-trip through
-    normal agents into a fresh stack, whose next step (noise included) is the same."""
-    first, _ = stacked_case("iql", [0, 1])
-    second, _ = stacked_case("iql", [0, 1])
+@pytest.mark.parametrize("name", ["iql", "cql", "cql_lagrange", "bcq"])
+def test_stacked_seeds_are_independent(name: str) -> None:
+    """Seed 0's trajectory does not depend on seed 1's data (noise included: CQL samples
+    actions everywhere, so it cannot equal a normal run, but each seed's noise is its own)."""
+    first, singles = stacked_case(name, [0, 1])
+    second, _ = stacked_case(name, [0, 1])
+    for k, single in enumerate(singles):  # the initial weights are a normal run's, exactly
+        assert_states_close(first.seed_state_dict(k), single.state_dict(), rtol=0, atol=0)
     for step in range(3):
         first.update(stacked([random_batch(step), random_batch(100 + step)]))
         second.update(stacked([random_batch(step), random_batch(200 + step)]))
     assert_states_close(first.seed_state_dict(0), second.seed_state_dict(0), rtol=0, atol=0)
     with pytest.raises(AssertionError):
         assert_states_close(first.seed_state_dict(1), second.seed_state_dict(1), rtol=0, atol=0)
+
+
+def test_stacked_seeds_resume_exactly() -> None:
+    """Seed states round-trip through normal agents into a fresh stack, whose next step (noise
+    included) is the same."""
 
     from baselines.td3bc import TD3BC
 
@@ -295,13 +313,13 @@ def metric_rows(run_dir: str | Path) -> list[dict]:
 
 def test_sweep_batches_the_seeds_of_a_task(pendulum_store: str, tmp_path: Path) -> None:
     """--batched-seeds: the seeds of one dataset form one job for Diffusion-QL (native) and
-    TD3+BC (the generic stack), not for CQL (no `@per_seed` maths yet), and a job completes
+    TD3+BC (the generic stack), not for MPC (a planner: no `@per_seed` maths), and a job completes
     every seed's run as a sweep run; TD3+BC's losses are those of normal runs (noise off)."""
     from dql.sweep import load_sweep, plan_jobs, plan_runs, run_job
 
     file = tmp_path / "s.toml"
     file.write_text(
-        f'algorithms = ["diffusion_ql", "td3bc", "cql"]\ndatasets = ["{pendulum_store}"]\n'
+        f'algorithms = ["diffusion_ql", "td3bc", "mpc"]\ndatasets = ["{pendulum_store}"]\n'
         "seeds = [0, 1]\nsteps = 20\neval_interval = 20\neval_episodes = 2\n"
         "log_interval = 10\nsave_traces = false\n"
         "[overrides.diffusion_ql]\nhidden_dim = 16\nnum_candidates = 2\n"
@@ -312,8 +330,8 @@ def test_sweep_batches_the_seeds_of_a_task(pendulum_store: str, tmp_path: Path) 
     assert [[r.key for r in job] for job in jobs] == [
         ["diffusion_ql/pendulum-mixed/seed_0", "diffusion_ql/pendulum-mixed/seed_1"],
         ["td3bc/pendulum-mixed/seed_0", "td3bc/pendulum-mixed/seed_1"],
-        ["cql/pendulum-mixed/seed_0"],
-        ["cql/pendulum-mixed/seed_1"],
+        ["mpc/pendulum-mixed/seed_0"],
+        ["mpc/pendulum-mixed/seed_1"],
     ]
     for job in jobs[:2]:
         outcomes = run_job(job)
