@@ -87,6 +87,9 @@ class BC:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
+Agent = BC  # the registry's agent class of this algorithm
+
+
 def train(config: Config) -> dict[str, Any]:
     return run_training(config, BC, ALGORITHM)
 

@@ -155,6 +155,23 @@ class Perturbation(nn.Module):
         return (actions + xi).clamp(-self.max_action, self.max_action)
 
 
+class ActionSelection(nn.Module):
+    """pi(s): n VAE-decoded actions per state (the batch tiled n times), perturbed by the actor,
+    the one with the highest Q_1 picked. `act` and the exported policy both run this."""
+
+    def __init__(self, vae: VAE, actor: Perturbation, critic: CriticEnsemble, n: int) -> None:
+        super().__init__()
+        self.vae, self.actor, self.critic, self.n = vae, actor, critic, n
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        batch = states.shape[0]
+        repeated = states.repeat(self.n, 1)  # (n B, obs), tiled, not interleaved
+        candidates = self.actor(repeated, self.vae.decode(repeated))  # (n B, A)
+        best = self.critic.member(0, repeated, candidates).view(self.n, batch).argmax(0)  # (B,)
+        picked = best[None, :, None].expand(1, batch, candidates.shape[-1])
+        return candidates.view(self.n, batch, -1).gather(0, picked).squeeze(0)
+
+
 class BCQ:
     def __init__(
         self, observation_dim: int, action_dim: int, max_action: float, config: Config
@@ -240,15 +257,13 @@ class BCQ:
             "q_mean": q_mean,
         }
 
+    def policy_module(self) -> ActionSelection:
+        return ActionSelection(self.vae, self.actor, self.critic, self.config.eval_sampled_actions)
+
     @torch.no_grad()
     def act(self, observations: np.ndarray) -> np.ndarray:
         states = observations_tensor(observations, self.device)
-        n, batch_size = self.config.eval_sampled_actions, len(states)
-        repeated = states.repeat(n, 1)
-        candidates = self.actor(repeated, self.vae.decode(repeated))  # (n B, A)
-        best = self.critic.member(0, repeated, candidates).view(n, batch_size).argmax(0)  # (B,)
-        chosen = candidates.view(n, batch_size, -1)[best, torch.arange(batch_size)]
-        return chosen.cpu().numpy()
+        return self.policy_module()(states).cpu().numpy()
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -267,6 +282,9 @@ class BCQ:
             getattr(self, name).load_state_dict(state[name])
         for name in ("vae_optimizer", "actor_optimizer", "critic_optimizer"):
             getattr(self, name).load_state_dict(state[name])
+
+
+Agent = BCQ  # the registry's agent class of this algorithm
 
 
 def train(config: Config) -> dict[str, Any]:

@@ -338,6 +338,9 @@ class CQL:
             getattr(self, f"{name}_optimizer").load_state_dict(state[f"{name}_optimizer"])
 
 
+Agent = CQL  # the registry's agent class of this algorithm
+
+
 def train(config: Config) -> dict[str, Any]:
     return run_training(config, CQL, ALGORITHM)
 

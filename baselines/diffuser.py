@@ -884,6 +884,9 @@ def evaluate_checkpoint(config: Config) -> dict[str, Any]:
     return out
 
 
+Agent = Diffuser  # the registry's agent class of this algorithm
+
+
 def train(config: Config) -> dict[str, Any]:
     if config.eval_only:
         return evaluate_checkpoint(config)

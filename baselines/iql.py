@@ -215,6 +215,9 @@ class IQL:
         self.actor_schedule.load_state_dict(state["actor_schedule"])
 
 
+Agent = IQL  # the registry's agent class of this algorithm
+
+
 def train(config: Config) -> dict[str, Any]:
     return run_training(config, IQL, ALGORITHM)
 

@@ -249,6 +249,9 @@ class ModelPredictiveControl:
         self.reset()
 
 
+Agent = ModelPredictiveControl  # the registry's agent class of this algorithm
+
+
 def train(config: Config) -> dict[str, Any]:
     return run_training(config, ModelPredictiveControl, ALGORITHM)
 

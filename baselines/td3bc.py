@@ -178,6 +178,9 @@ class TD3BC:
         self.last_lambda = state["last_lambda"].to(self.device)
 
 
+Agent = TD3BC  # the registry's agent class of this algorithm
+
+
 def train(config: Config) -> dict[str, Any]:
     return run_training(config, TD3BC, ALGORITHM)
 

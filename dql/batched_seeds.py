@@ -281,10 +281,10 @@ def _merge(stacked: Any, single: Any, k: int, seeds: int, kind: str = "top") -> 
 
 def algorithm_of(config: TrainConfig) -> tuple[type, str]:
     """The agent class and algorithm name of a config (its Config's module)."""
-    from dql.export import find_agent_class
+    from dql.registry import agent_class
 
     module = importlib.import_module(type(config).__module__)
-    return find_agent_class(module), module.ALGORITHM
+    return agent_class(module), module.ALGORITHM
 
 
 def train_batched_seeds(

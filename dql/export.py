@@ -16,18 +16,13 @@ normalizer) are in the file's extra file "dql.json" (`torch.jit.load(path, _extr
 Where the policy comes from, first match wins:
 1. `agent.policy_module()`: an nn.Module mapping normalised observations (B, obs_dim) to actions
    that draws its noise from torch's global RNG in the same order as `agent.act` (the hook an
-   algorithm should provide);
-2. Diffusion-QL (`dql.diffusion_ql.DiffusionQL`): `num_candidates` samples of `agent.actor`
-   (`ema_actor` with act_with_ema), scored by `agent.critic_target.min`, picked by softmax or
-   argmax: the operations of its `act`, in the same order; BCQ likewise (VAE samples,
-   perturbation, argmax Q_1). These adapters read the agents' attributes and belong in the
-   algorithm files as `policy_module()`;
-3. `agent.actor.deterministic` (CQL), else `agent.actor` (TD3+BC, IQL, BC).
+   algorithm with its own action selection provides: Diffusion-QL, BCQ);
+2. `agent.actor.deterministic` (CQL), else `agent.actor` (TD3+BC, IQL, BC).
 Diffuser replans every few steps and keeps its plan between calls: it is not a stateless
 module and is not exported.
 The module is traced (loops unrolled, batch size dynamic). Every export is checked against
 `agent.act` on random observations, two batch sizes and two seeds; one that does not reproduce
-the agent is refused, so a wrong guess in 2-3 cannot pass silently.
+the agent is refused, so a wrong guess in 2 cannot pass silently.
 """
 
 from __future__ import annotations
@@ -40,7 +35,6 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -90,30 +84,6 @@ class TrainedRun:
         return f"{self.algorithm} {task_name(self.config['dataset'])} s{self.config['seed']}{extra}"
 
 
-def find_agent_class(module: ModuleType) -> type:
-    """The agent class of an algorithm module: `module.Agent`, else the one class defined in the
-    module with `update`, `act` and `load_state_dict`, else the one whose name ends in Agent."""
-    if hasattr(module, "Agent"):
-        return module.Agent
-    defined = [
-        obj
-        for obj in vars(module).values()
-        if isinstance(obj, type)
-        and obj.__module__ == module.__name__
-        and all(callable(getattr(obj, m, None)) for m in ("update", "act", "load_state_dict"))
-    ]
-    if len(defined) == 1:
-        return defined[0]
-    named = [c for c in defined if c.__name__.endswith("Agent")]
-    if len(named) == 1:
-        return named[0]
-    found = ", ".join(c.__name__ for c in defined) or "none"
-    raise UserError(
-        f"cannot tell the agent class of {module.__name__} (candidates: {found}); "
-        "the module should define `Agent = <its agent class>`"
-    )
-
-
 def checkpoint_file(run_dir: Path, checkpoint: str) -> tuple[Path, str]:
     """(path, key) of a checkpoint name: last, best, selected (offline choice), or a step."""
     if checkpoint == "last":
@@ -154,7 +124,7 @@ def load_run(
     The agent class comes from the registry entry of the run's algorithm (or `agent_cls`); its
     config is the module's `Config` filled from config.json, with `overrides` (e.g.
     num_candidates) applied before the agent is built."""
-    from dql.registry import load_algorithm
+    from dql.registry import agent_class, load_algorithm
     from dql.training import TrainConfig
 
     path = Path(run_dir)
@@ -165,7 +135,7 @@ def load_run(
     config_cls: type = TrainConfig
     if agent_cls is None:
         module = load_algorithm(saved["algorithm"])
-        agent_cls = find_agent_class(module)
+        agent_cls = agent_class(module)
         config_cls = getattr(module, "Config", TrainConfig)
     fields = config_cls.__dataclass_fields__
     overrides = dict(overrides or {})
@@ -208,45 +178,6 @@ def load_run(
 # --------------------------------------------------------------------------- policy modules
 
 
-class DiffusionQLPolicy(nn.Module):
-    """Diffusion-QL's `act` as a module: K samples per state from the diffusion actor, scored by
-    the target critics' min-Q, one picked by softmax(Q) or argmax (same ops, same RNG order)."""
-
-    def __init__(self, actor: nn.Module, critic: nn.Module, num_candidates: int, argmax: bool):
-        super().__init__()
-        self.actor, self.critic = actor, critic
-        self.num_candidates, self.argmax = num_candidates, argmax
-
-    def forward(self, state: torch.Tensor) -> torch.Tensor:
-        n, k = state.shape[0], self.num_candidates
-        state_rpt = state.repeat_interleave(k, dim=0)  # (N*K, obs)
-        candidates = self.actor.sample(state_rpt)  # (N*K, act)
-        q = self.critic.min(state_rpt, candidates).view(n, k)
-        if self.argmax:
-            index = q.argmax(dim=1)
-        else:
-            index = torch.multinomial(torch.softmax(q, dim=1), 1).squeeze(1)
-        picked = index[:, None, None].expand(-1, 1, candidates.shape[-1])
-        return candidates.view(n, k, -1).gather(1, picked).squeeze(1)
-
-
-class BCQPolicy(nn.Module):
-    """BCQ's `act`: n VAE-decoded actions per state (the batch tiled n times), perturbed by the
-    actor, the one with the highest Q_1 picked."""
-
-    def __init__(self, vae: nn.Module, actor: nn.Module, critic: nn.Module, n: int) -> None:
-        super().__init__()
-        self.vae, self.actor, self.critic, self.n = vae, actor, critic, n
-
-    def forward(self, state: torch.Tensor) -> torch.Tensor:
-        batch = state.shape[0]
-        repeated = state.repeat(self.n, 1)  # (n*B, obs), tiled, not interleaved
-        candidates = self.actor(repeated, self.vae.decode(repeated))
-        best = self.critic(repeated, candidates)[0].view(self.n, batch).argmax(0)  # (B,)
-        picked = best[None, :, None].expand(1, batch, candidates.shape[-1])
-        return candidates.view(self.n, batch, -1).gather(0, picked).squeeze(0)
-
-
 class _CallMethod(nn.Module):
     def __init__(self, module: nn.Module, method: str) -> None:
         super().__init__()
@@ -261,13 +192,6 @@ def policy_module(agent: Any) -> nn.Module:
     docstring for the order in which it is looked for)."""
     if callable(getattr(agent, "policy_module", None)):
         return agent.policy_module()
-    config = getattr(agent, "config", None)
-    if type(agent).__name__ == "DiffusionQL" and hasattr(config, "num_candidates"):
-        actor = agent.ema_actor if config.act_with_ema else agent.actor
-        argmax = config.action_selection == "argmax"
-        return DiffusionQLPolicy(actor, agent.critic_target, config.num_candidates, argmax)
-    if type(agent).__name__ == "BCQ" and hasattr(config, "eval_sampled_actions"):
-        return BCQPolicy(agent.vae, agent.actor, agent.critic, config.eval_sampled_actions)
     actor = getattr(agent, "actor", None)
     if isinstance(actor, nn.Module):
         return _CallMethod(actor, "deterministic") if hasattr(actor, "deterministic") else actor

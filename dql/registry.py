@@ -1,5 +1,7 @@
-"""Algorithm name -> module. Each module exposes `Config`, `train(config) -> dict` and `main()`.
-Adding an algorithm is one new file plus one line here; modules are imported only when used."""
+"""Algorithm name -> module. Each module declares `Config` (its TrainConfig), `Agent` (its agent
+class), `ALGORITHM`, `train(config) -> dict` and `main()`. Adding an algorithm is one new file
+plus one line here; modules are imported only when used. The core reaches an algorithm only
+through these names and the agent protocol (dql.training.Agent; `policy_module()` for export)."""
 
 from __future__ import annotations
 
@@ -41,3 +43,13 @@ def load_algorithm(name: str) -> ModuleType:
         if exc.name == ALGORITHMS[name]:
             raise UserError(f"algorithm {name!r} is not available in this version") from None
         raise
+
+
+def agent_class(module: ModuleType) -> type:
+    """The agent class an algorithm module declares as `Agent`."""
+    agent = getattr(module, "Agent", None)
+    if not isinstance(agent, type):
+        raise UserError(
+            f"{module.__name__} declares no agent class: add `Agent = <its agent class>`"
+        )
+    return agent

@@ -312,9 +312,9 @@ def plan_jobs(runs: Sequence[RunSpec], batched_seeds: bool = False) -> list[list
 
 def _batches_seeds(spec: RunSpec) -> bool:
     from dql.batched_seeds import supports_batched_seeds
-    from dql.export import find_agent_class
+    from dql.registry import agent_class
 
-    return supports_batched_seeds(find_agent_class(importlib.import_module(spec.module)))
+    return supports_batched_seeds(agent_class(importlib.import_module(spec.module)))
 
 
 def run_state(run_dir: str | os.PathLike) -> str:

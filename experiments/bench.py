@@ -68,8 +68,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from dql.buffer import ReplayBuffer  # noqa: E402
 from dql.data import DatasetInfo, Transitions  # noqa: E402
-from dql.export import find_agent_class  # noqa: E402
-from dql.registry import ALGORITHMS  # noqa: E402
+from dql.registry import ALGORITHMS, agent_class  # noqa: E402
 
 OBSERVATION_DIM, ACTION_DIM, BATCH_SIZE, HIDDEN = 11, 3, 256, 256
 DATASET_SIZE, EPISODE_LENGTH = 20_000, 1000
@@ -431,7 +430,7 @@ def agent_config(name: str, device: str, **extra: Any) -> Any:
 def can_batch_seeds(name: str) -> bool:
     from dql.batched_seeds import supports_batched_seeds
 
-    return supports_batched_seeds(find_agent_class(importlib.import_module(ALGORITHMS[name])))
+    return supports_batched_seeds(agent_class(importlib.import_module(ALGORITHMS[name])))
 
 
 def has_field(name: str, field: str) -> bool:
@@ -442,7 +441,7 @@ def has_field(name: str, field: str) -> bool:
 def build_agent(name: str, device: str, buffer: ReplayBuffer, **extra: Any) -> Any:
     module = importlib.import_module(ALGORITHMS[name])
     config = agent_config(name, device, **extra)
-    agent = find_agent_class(module)(OBSERVATION_DIM, ACTION_DIM, 1.0, config)
+    agent = agent_class(module)(OBSERVATION_DIM, ACTION_DIM, 1.0, config)
     if hasattr(agent, "setup"):
         agent.setup(buffer)
     return agent
@@ -870,7 +869,7 @@ def bench_batched_seeds(
     own seed dimension, every other algorithm through the generic stack (dql.batched_seeds)."""
     from dql.batched_seeds import batched_agent, supports_batched_seeds
 
-    agent_cls = find_agent_class(importlib.import_module(ALGORITHMS[name]))
+    agent_cls = agent_class(importlib.import_module(ALGORITHMS[name]))
     if not supports_batched_seeds(agent_cls):
         notes.append(f"batched seeds: {name} cannot batch seeds; not measured")
         return None

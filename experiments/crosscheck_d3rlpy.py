@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import math
 import os
@@ -62,9 +61,9 @@ from dql.data import (  # noqa: E402
 )
 from dql.evaluation import evaluate  # noqa: E402
 from dql.hyperparams import task_hyperparams  # noqa: E402
+from dql.registry import agent_class, load_algorithm  # noqa: E402
 
 ALGORITHMS = ("td3bc", "iql", "cql", "bcq", "bc")
-AGENT_CLASSES = {"td3bc": "TD3BC", "iql": "IQL", "cql": "CQL", "bcq": "BCQ", "bc": "BC"}
 D3RLPY_NAMES = {"td3bc": "TD3PlusBC", "iql": "IQL", "cql": "CQL", "bcq": "BCQ", "bc": "BC"}
 HIDDEN = (256, 256)
 BATCH_SIZE = 256
@@ -175,7 +174,7 @@ def synthetic_transitions(
 
 def our_config(name: str, dataset: str, steps: int, seed: int, **extra: Any) -> Any:
     """Our Config: the task's table values, hidden 256 (BCQ: VAE 750), batch 256."""
-    module = importlib.import_module(f"baselines.{name}")
+    module = load_algorithm(name)
     values = task_hyperparams(name, dataset, module.Config)
     values.update(dataset=dataset, steps=steps, seed=seed, batch_size=BATCH_SIZE, hidden=HIDDEN)
     values.update(extra)
@@ -280,7 +279,7 @@ def d3rlpy_dataset(transitions: Transitions, rewards: np.ndarray | None = None) 
 
 
 def our_score(name: str, config: Any, run_dir: Path) -> float:
-    module = importlib.import_module(f"baselines.{name}")
+    module = load_algorithm(name)
     return float(module.train(config)["final_score"])
 
 
@@ -315,12 +314,12 @@ def d3rlpy_score(name: str, config: Any, transitions: Transitions, eval_episodes
 
 
 def our_stepper(name: str, config: Any, transitions: Transitions):
-    module = importlib.import_module(f"baselines.{name}")
+    module = load_algorithm(name)
     normalizer = ObservationNormalizer.from_data(transitions.observations)
     rewards = transform_rewards(transitions, config.reward_transform)
     buffer = ReplayBuffer(transitions, seed=0, normalizer=normalizer, rewards=rewards)
     info = transitions.info
-    agent = getattr(module, AGENT_CLASSES[name])(
+    agent = agent_class(module)(
         info.observation_dim, info.action_dim, float(info.action_high[0]), config
     )
 

@@ -19,8 +19,9 @@ from dql import registry
 from dql.cli import main as dql_main
 from dql.data import DatasetInfo, ObservationNormalizer
 from dql.errors import UserError
-from dql.export import TrainedRun, check_export, export_policy, find_agent_class, load_exported
+from dql.export import TrainedRun, check_export, export_policy, load_exported
 from dql.nets import mlp
+from dql.registry import agent_class
 from dql.training import TrainConfig, run_training
 
 
@@ -163,7 +164,7 @@ def test_diffusion_ql_export_matches_act_with_fixed_noise(tmp_path, selection):
         device="cpu", hidden_dim=32, num_candidates=6, action_selection=selection
     )
     torch.manual_seed(0)
-    agent = find_agent_class(diffusion_ql)(4, 2, 1.0, config)
+    agent = agent_class(diffusion_ql)(4, 2, 1.0, config)
     run = in_memory_run(agent, observation_dim=4, action_dim=2, max_action=1.0)
     meta = export_policy(run, tmp_path / "dql.pt")
     assert meta["check_max_error"] == 0.0

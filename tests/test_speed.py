@@ -22,8 +22,8 @@ from dql import diffusion_ql
 from dql.batched_seeds import run_batched, supports_batched_seeds, train_batched_seeds
 from dql.diffusion_ql import COMPILE_MIN_STEPS, DiffusionQL, DiffusionQLConfig
 from dql.errors import ConfigError
-from dql.export import find_agent_class
 from dql.nets import CriticEnsemble, make_optimizer
+from dql.registry import agent_class
 
 OBS_DIM, ACT_DIM = 4, 2
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,7 +182,7 @@ def stacked_case(name: str, seeds: list[int]) -> tuple[Any, list[Any]]:
     from dql.training import seed_everything
 
     module = importlib.import_module(f"baselines.{name.split('_')[0]}")
-    agent_cls = find_agent_class(module)
+    agent_cls = agent_class(module)
     options = {**STACKED, **UNEQUAL}[name]
     config = module.Config(device="cpu", hidden=(32, 32), steps=10, **options)
     stack = SeedStack(agent_cls, (OBS_DIM, ACT_DIM, 1.0), config, seeds)
@@ -461,7 +461,7 @@ def test_baseline_bf16_losses_track_fp32(name: str) -> None:
     comparable: Adam's first steps move every weight by ~lr whatever the gradient's size, so a
     rounding that flips a tiny gradient's sign would otherwise be amplified."""
     module = importlib.import_module(f"baselines.{name}")
-    agent_cls = find_agent_class(module)
+    agent_cls = agent_class(module)
     config = module.Config(device="cpu", progress=False)
     tiny_lrs = {f.name: 1e-7 for f in fields(config) if f.name.endswith("lr")}
     config = replace(config, **tiny_lrs)
