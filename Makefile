@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned and installed first: an unpinned torch pulls several GB of CUDA packages.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test test-all lint format bench clean
 
 install: $(STAMP)
 
@@ -21,7 +21,12 @@ $(STAMP): setup.cfg pyproject.toml
 demo: install
 	$(PY) -m dql.demo
 
+# The fast tier: every test not marked slow (learning tests, SAC training, full-length runs).
 test: install
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow"
+
+# Both tiers and the linter: what CI runs (.ci/run).
+test-all: install lint
 	OMP_NUM_THREADS=1 $(PY) -m pytest
 
 lint: install

@@ -136,6 +136,7 @@ def test_bc_clones_a_good_controller(pendulum_store, tmp_path, gaussian):
     assert score > 80
 
 
+@pytest.mark.slow
 def test_bc_fails_on_the_mixed_data(mixed_scores):
     # the premise of the comparisons below: averaging the two controllers drops the pole
     assert mixed_scores["random"] < 5
@@ -155,6 +156,7 @@ OFFLINE_RL = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(OFFLINE_RL))
 def test_offline_rl_beats_bc_on_mixed_data(name, mixed_store, mixed_scores, tmp_path):
     steps, overrides = OFFLINE_RL[name]

@@ -157,6 +157,7 @@ def test_a_relative_store_path_works(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (Path.cwd() / "relative_store" / "local/hopper/random-v0/data/main_data.hdf5").is_file()
 
 
+@pytest.mark.slow
 def test_medium_replay_from_a_resumed_sac_run(tmp_path: Path, store: Path) -> None:
     pytest.importorskip("stable_baselines3")
     torch.set_num_threads(1)
@@ -186,6 +187,7 @@ def test_medium_replay_from_a_resumed_sac_run(tmp_path: Path, store: Path) -> No
         assert ep.terminations[-1] != ep.truncations[-1]
 
 
+@pytest.mark.slow
 def test_medium_replay_reruns_the_run_behind_the_shipped_medium(
     tmp_path: Path, store: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

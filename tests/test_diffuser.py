@@ -211,6 +211,7 @@ def test_act_steers_toward_the_next_planned_state_and_stops_past_the_plan(contro
 # ----------------------------------------------------------------------------- planning
 
 
+@pytest.mark.slow
 def test_inpainted_states_equal_their_conditions_exactly(planner):
     agent, data = planner
     observations = initial_observations(data, 4)
@@ -229,6 +230,7 @@ def test_inpainted_states_equal_their_conditions_exactly(planner):
     assert not torch.allclose(start_only.states[:, -1, :2], plan.states[:, -1, :2], atol=1e-2)
 
 
+@pytest.mark.slow
 def test_value_guidance_raises_the_predicted_value_from_the_same_noise(planner):
     agent, data = planner
     observations = np.repeat(initial_observations(data, 4), 4, axis=0)
@@ -247,6 +249,7 @@ def test_value_guidance_raises_the_predicted_value_from_the_same_noise(planner):
     assert early_x[1.0] > early_x[0.0]
 
 
+@pytest.mark.slow
 def test_plans_lead_around_the_wall_to_the_goal(planner):
     agent, data = planner
     straight_line = lambda obs: np.clip(10 * (obs[:, 6:8] - obs[:, :2]) - obs[:, 2:4], -1, 1)  # noqa: E731

@@ -473,6 +473,7 @@ def flip_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return str(root), "test/pendulum/flip-v0"
 
 
+@pytest.mark.slow
 def test_diffusion_ql_balances_where_behaviour_cloning_fails(
     flip_store: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

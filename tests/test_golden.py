@@ -99,7 +99,10 @@ def _metrics(record: dict) -> dict[str, np.ndarray]:
     return {k: np.asarray([r[k] for r in rows], dtype=float) for k in rows[0]}
 
 
-@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+@pytest.mark.parametrize(
+    "algorithm",
+    [pytest.param(a, marks=pytest.mark.slow) if a in CHEAPER else a for a in sorted(ALGORITHMS)],
+)
 def test_golden_run_is_bit_identical(algorithm: str, pendulum_store: str, tmp_path: Path) -> None:
     torch.set_num_threads(1)
     got = json.loads(json.dumps(golden_run(algorithm, tmp_path / "run", pendulum_store)))

@@ -235,6 +235,7 @@ SIGINT_IGNORED = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 @SIGINT_IGNORED
 def test_ctrl_c_checkpoints_says_how_to_resume_and_exits_130(reference, pendulum_store, tmp_path):
     run_dir, marker = tmp_path / "run", tmp_path / "stalled"

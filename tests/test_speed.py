@@ -405,6 +405,7 @@ COMPILED_CASES = {  # every loss variant the compiled step must reproduce, Diffu
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(COMPILED_CASES))
 def test_inductor_step_matches_eager(case: str) -> None:
     """The real compiler (inductor, as `--compile` runs it) against the eager step, from the
@@ -541,6 +542,7 @@ def test_fused_adam_matches_foreach_adam() -> None:
 # --------------------------------------------------------------------------- benchmark
 
 
+@pytest.mark.slow
 def test_bench_quick_runs_and_writes_a_report(tmp_path: Path) -> None:
     """experiments/bench.py --quick end to end on two algorithms (a smoke test: ~20 s)."""
     command = [

@@ -176,6 +176,7 @@ def test_sweep_defaults_and_overrides_from_the_hyperparameter_table(tmp_path):
 # --------------------------------------------------------------------------- running
 
 
+@pytest.mark.slow
 def test_tiny_sweep_crash_rerun_retry_and_table(
     tiny_registry, pendulum_store, counter, tmp_path, monkeypatch, capsys
 ):
@@ -246,6 +247,7 @@ def test_tiny_sweep_crash_rerun_retry_and_table(
     assert "seed_1.failed-1" not in table.evaluations["run_dir"].str.cat()
 
 
+@pytest.mark.slow
 def test_killed_worker_run_resumes_from_its_checkpoint(
     tiny_registry, pendulum_store, counter, tmp_path
 ):
@@ -308,6 +310,7 @@ def test_ray_backend_in_local_mode(tiny_registry, pendulum_store, counter, tmp_p
         assert json.loads((run / "status.json").read_text())["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_real_bc_and_td3bc_through_the_sweep(pendulum_store, tmp_path):
     pytest.importorskip("baselines.td3bc")
     pytest.importorskip("baselines.bc")

@@ -44,6 +44,7 @@ def test_dataset_is_the_papers_four_gaussians(toy, data) -> None:
     np.testing.assert_allclose(toy.mode_shares(actions), 0.25 * (1 - np.exp(-2)), atol=0.01)
 
 
+@pytest.mark.slow
 def test_diffusion_bc_keeps_every_mode_where_gaussian_bc_smears(toy, data) -> None:
     short = toy.ToySettings(steps=1000, lr=3e-3, batch_size=256, **SHORT)
     diffusion = toy.mode_shares(toy.train_diffusion(data, 0.0, short))
@@ -52,6 +53,7 @@ def test_diffusion_bc_keeps_every_mode_where_gaussian_bc_smears(toy, data) -> No
     assert gaussian.max() < 0.02, gaussian  # ~0.3%: a Gaussian's mass sits between the modes
 
 
+@pytest.mark.slow
 def test_the_q_term_moves_diffusion_ql_to_the_best_modes_quadrant(toy, data) -> None:
     """The short version of the figure's Diffusion-QL panel: 1000 steps take the samples into
     the quadrant of the best mode (x > 0.5, y < -0.5) and away from every other mode, where
