@@ -57,6 +57,15 @@ def stacked(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([b[k] for b in batches]) for k in batches[0]}
 
 
+def assert_resumed_step_equal(batched: Any, resumed: Any, batch: dict) -> None:
+    """Load every seed of `batched` into the fresh `resumed`: their next steps are identical."""
+    for k in range(2):
+        resumed.load_seed_state_dict(k, copy.deepcopy(batched.seed_state_dict(k)))
+    expected, got = batched.update(batch), resumed.update(batch)
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+
+
 def assert_close_state(a: dict, b: dict, atol: float = 1e-5) -> None:
     for net in ("actor", "ema_actor", "critic", "critic_target"):
         for name, value in a[net].items():
@@ -138,12 +147,7 @@ def test_seed_state_dict_round_trips_into_normal_and_batched_agents() -> None:
     np.testing.assert_array_equal(single.act(obs, g1), snapshot.act(obs, g2))
     # both seeds into a fresh batched agent (a resumed batch): the next step is identical
     resumed = DiffusionQL(OBS_DIM, ACT_DIM, 1.0, config, seeds=[0, 0])
-    for k in range(2):
-        resumed.load_seed_state_dict(k, copy.deepcopy(batched.seed_state_dict(k)))
-    batch = stacked([random_batch(50), random_batch(51)])
-    expected, got = batched.update(batch), resumed.update(batch)
-    for name in expected:
-        assert torch.equal(expected[name], got[name]), name
+    assert_resumed_step_equal(batched, resumed, stacked([random_batch(50), random_batch(51)]))
 
 
 def test_only_agents_with_the_protocol_batch_seeds() -> None:
@@ -257,12 +261,7 @@ def test_stacked_seeds_resume_exactly() -> None:
     normal.load_state_dict(copy.deepcopy(noisy.seed_state_dict(1)))  # a normal agent's state
     resumed, _ = stacked_case("td3bc", [0, 1])
     resumed.agent.config = noisy.agent.config
-    for k in range(2):
-        resumed.load_seed_state_dict(k, copy.deepcopy(noisy.seed_state_dict(k)))
-    batch = stacked([random_batch(7), random_batch(8)])
-    expected, got = noisy.update(batch), resumed.update(batch)
-    for key in expected:
-        assert torch.equal(expected[key], got[key]), key
+    assert_resumed_step_equal(noisy, resumed, stacked([random_batch(7), random_batch(8)]))
 
 
 def test_batched_runs_write_normal_run_directories(pendulum_store: str, tmp_path: Path) -> None:
