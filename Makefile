@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
+RAY_STAMP := $(VENV)/.installed-ray
 # torch is pinned and installed first: an unpinned torch pulls several GB of CUDA packages.
 TORCH_PIN := torch==2.13.0
 
@@ -25,9 +26,14 @@ demo: install
 test: install
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m "not slow"
 
-# Both tiers and the linter: what CI runs (.ci/run).
-test-all: install lint
+# Both tiers and the linter: what CI runs (.ci/run). It adds the ray extra, so the Ray backend's
+# tests (a real `ray start --head` cluster) run rather than skip.
+test-all: $(RAY_STAMP) lint
 	OMP_NUM_THREADS=1 $(PY) -m pytest
+
+$(RAY_STAMP): $(STAMP)
+	$(PIP) install -q -e ".[dev,ray]"
+	touch $(RAY_STAMP)
 
 lint: install
 	$(VENV)/bin/ruff check dql baselines experiments tests

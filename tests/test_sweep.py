@@ -293,6 +293,7 @@ def test_killed_worker_run_resumes_from_its_checkpoint(
     assert len(list((run_dir / "tb").glob("events.*"))) == 2  # a second writer: it resumed
 
 
+@pytest.mark.slow
 def test_ray_backend_in_local_mode(tiny_registry, pendulum_store, counter, tmp_path, monkeypatch):
     ray = pytest.importorskip("ray", reason="ray is an optional extra: pip install 'ray[default]'")
     # Ray's workers start from the raylet's environment: give them the tiny module's folder.
@@ -308,6 +309,56 @@ def test_ray_backend_in_local_mode(tiny_registry, pendulum_store, counter, tmp_p
     for seed in (0, 1):
         run = tmp_path / "out" / "tiny_a" / "pendulum-mixed" / f"seed_{seed}"
         assert json.loads((run / "status.json").read_text())["status"] == "complete"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_sweep_on_a_running_ray_cluster_equals_the_local_backend(pendulum_store, tmp_path):
+    """As a cluster runs it: a head node started by `ray start` in its own process, the sweep
+    connecting with --address, real BC runs in the raylet's worker processes. Same seeds on
+    CPU: the same scores as the local backend, bit for bit. The cluster stops also on failure."""
+    pytest.importorskip("ray", reason="ray is an optional extra: pip install 'ray[default]'")
+    import shutil
+    import subprocess
+    import tempfile
+
+    ray_cli = Path(sys.executable).with_name("ray")
+    port = _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}  # workers inherit the head's env
+    # one token for head and driver, as a cluster's nodes share it (Ray >= 2.52 token auth)
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.urandom(16).hex())
+    env["MINARI_DATASETS_PATH"] = os.environ["MINARI_DATASETS_PATH"]
+    start = [str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=2"]
+    ray_temp = tempfile.mkdtemp(prefix="ray")  # short: Ray's socket paths must fit 107 bytes
+    start += ["--include-dashboard=false", f"--temp-dir={ray_temp}"]
+    file = write_sweep(tmp_path / "bc.toml", pendulum_store, "", algorithms=["bc"], steps=200)
+    started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=120)
+    try:
+        assert started.returncode == 0, started.stderr[-2000:]
+        address = f"127.0.0.1:{port}"
+        command = [sys.executable, "-m", "dql.sweep", str(file), "--out", str(tmp_path / "ray")]
+        command += ["--backend", "ray", "--address", address]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    finally:
+        subprocess.run([str(ray_cli), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(ray_temp, ignore_errors=True)
+    local = run_sweep(load_sweep(file), tmp_path / "local", workers=2, echo=lambda *a: None)
+    assert local.all_complete
+    for seed in (0, 1):
+        key = Path("bc") / "pendulum-mixed" / f"seed_{seed}" / "result.json"
+        on_ray = json.loads((tmp_path / "ray" / key).read_text())
+        here = json.loads((tmp_path / "local" / key).read_text())
+        assert on_ray["steps"] == 200 and on_ray["final_score"] == here["final_score"]
+    status = json.loads((tmp_path / "ray" / "sweep_status.json").read_text())
+    assert all(run["status"] == "complete" for run in status["runs"].values())
 
 
 @pytest.mark.slow
