@@ -23,7 +23,7 @@ from dql.cli import run_cli
 from dql.errors import ConfigError
 from dql.nets import at_config_precision, check_precision, make_optimizer
 from dql.policies_common import DeterministicActor, GaussianActor, observations_tensor
-from dql.training import TrainConfig, run_training
+from dql.training import TrainConfig, resolve_device, run_training
 
 ALGORITHM = "bc"
 
@@ -55,7 +55,7 @@ class BC:
         self, observation_dim: int, action_dim: int, max_action: float, config: Config
     ) -> None:
         self.config = config
-        self.device = torch.device(config.device)
+        self.device = torch.device(resolve_device(config.device))
         actor_cls = GaussianActor if config.gaussian else DeterministicActor
         self.actor = actor_cls(observation_dim, action_dim, max_action, config.hidden)
         self.actor.to(self.device)

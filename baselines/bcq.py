@@ -41,7 +41,7 @@ from dql.nets import (
     polyak_update,
 )
 from dql.policies_common import frozen_copy, observations_tensor, one_pass_is_faster
-from dql.training import TrainConfig, run_training
+from dql.training import TrainConfig, resolve_device, run_training
 
 ALGORITHM = "bcq"
 LATENT_CLIP = 0.5
@@ -177,7 +177,7 @@ class BCQ:
         self, observation_dim: int, action_dim: int, max_action: float, config: Config
     ) -> None:
         self.config = config
-        self.device = torch.device(config.device)
+        self.device = torch.device(resolve_device(config.device))
         self.vae = VAE(observation_dim, action_dim, max_action, config.vae_hidden)
         self.actor = Perturbation(
             observation_dim, action_dim, max_action, config.phi, config.hidden

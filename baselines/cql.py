@@ -68,7 +68,7 @@ from dql.policies_common import (
     one_pass_is_faster,
     orthogonal_init_,
 )
-from dql.training import TrainConfig, run_training
+from dql.training import TrainConfig, resolve_device, run_training
 
 ALGORITHM = "cql"
 
@@ -153,7 +153,7 @@ class CQL:
         self, observation_dim: int, action_dim: int, max_action: float, config: Config
     ) -> None:
         self.config = config
-        self.device = torch.device(config.device)
+        self.device = torch.device(resolve_device(config.device))
         self.action_dim = action_dim
         self.max_action = max_action
         # CORL's actor: initial mean ~0 and std ~0.37 in every action dimension

@@ -535,7 +535,7 @@ class Diffuser:
         self, observation_dim: int, action_dim: int, max_action: float, config: Config
     ) -> None:
         c = self.config = config
-        self.device = torch.device(config.device)
+        self.device = torch.device(resolve_device(config.device))
         self.max_action = max_action
         self.action_dim = action_dim
         self.goal_size = c.goal_size

@@ -51,7 +51,7 @@ from dql.policies_common import (
     frozen_copy,
     observations_tensor,
 )
-from dql.training import TrainConfig, run_training
+from dql.training import TrainConfig, resolve_device, run_training
 
 ALGORITHM = "iql"
 MAX_ADVANTAGE_WEIGHT = 100.0
@@ -110,7 +110,7 @@ class IQL:
         self, observation_dim: int, action_dim: int, max_action: float, config: Config
     ) -> None:
         self.config = config
-        self.device = torch.device(config.device)
+        self.device = torch.device(resolve_device(config.device))
         actor_cls = DeterministicActor if config.deterministic_actor else GaussianActor
         self.actor = actor_cls(observation_dim, action_dim, max_action, config.hidden)
         self.critic = CriticEnsemble(observation_dim, action_dim, 2, config.hidden)

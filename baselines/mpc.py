@@ -39,7 +39,7 @@ from dql.buffer import Batch, ReplayBuffer
 from dql.cli import run_cli
 from dql.errors import ConfigError
 from dql.nets import ACTIVATIONS, EnsembleMLP, make_optimizer
-from dql.training import TrainConfig, run_training
+from dql.training import TrainConfig, resolve_device, run_training
 
 ALGORITHM = "mpc"
 PLANNERS = ("cem", "mppi")
@@ -119,7 +119,7 @@ class ModelPredictiveControl:
         self, observation_dim: int, action_dim: int, max_action: float, config: Config
     ) -> None:
         c = self.config = config
-        self.device = torch.device(config.device)
+        self.device = torch.device(resolve_device(config.device))
         self.observation_dim, self.action_dim = observation_dim, action_dim
         self.max_action = max_action
         self.model = EnsembleMLP(

@@ -35,7 +35,7 @@ from dql.nets import (
     polyak_update,
 )
 from dql.policies_common import DeterministicActor, frozen_copy, observations_tensor
-from dql.training import TrainConfig, run_training
+from dql.training import TrainConfig, resolve_device, run_training
 
 ALGORITHM = "td3bc"
 
@@ -89,7 +89,7 @@ class TD3BC:
         self, observation_dim: int, action_dim: int, max_action: float, config: Config
     ) -> None:
         self.config = config
-        self.device = torch.device(config.device)
+        self.device = torch.device(resolve_device(config.device))
         self.max_action = max_action
         self.actor = DeterministicActor(observation_dim, action_dim, max_action, config.hidden)
         self.critic = CriticEnsemble(observation_dim, action_dim, 2, config.hidden)

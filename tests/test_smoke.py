@@ -31,3 +31,22 @@ def test_training_loop_writes_a_complete_run(pendulum_store, tmp_path):
     assert result["final_score"] == evals[-1]["normalized_score"]
     # the pendulum data is mostly a good controller: cloning it must balance far above random
     assert result["best_score"] > 50
+
+
+def test_every_agent_builds_from_its_default_config():
+    """`Agent(obs, act, max_action, Config())` works for every registered algorithm: the default
+    device "auto" is resolved (it used to reach torch.device("auto") in every baseline)."""
+    import pytest
+    import torch
+
+    from dql.errors import ConfigError
+    from dql.registry import ALGORITHMS, agent_class, load_algorithm
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    for name in ALGORITHMS:
+        module = load_algorithm(name)
+        agent = agent_class(module)(4, 2, 1.0, module.Config())
+        assert torch.device(agent.device).type == expected, name
+    bc = load_algorithm("bc")
+    with pytest.raises(ConfigError, match="--device"):  # a wrong device is still refused
+        bc.Agent(4, 2, 1.0, bc.Config(device="nonsense"))
