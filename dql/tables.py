@@ -87,6 +87,16 @@ class RunsTable:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
+def _shown(path: Path) -> str:
+    """A path as tables print it: relative to the working directory when under it, so a
+    committed table holds no absolute path of the machine that made it."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def collect_runs(root: str | Path, datasets: Sequence[str] | None = None) -> RunsTable:
     """Read config.json, eval.jsonl and result.json of every run under `root` (only the runs on
     `datasets`, when given)."""
@@ -108,7 +118,7 @@ def collect_runs(root: str | Path, datasets: Sequence[str] | None = None) -> Run
             status = run.status()
             excluded.append(
                 {
-                    "run_dir": str(path),
+                    "run_dir": _shown(path),
                     "status": status.get("status"),
                     "error": status.get("error"),
                 }
@@ -118,7 +128,7 @@ def collect_runs(root: str | Path, datasets: Sequence[str] | None = None) -> Run
         result = run.result()
         evals = run.rows("eval")
         if not evals:
-            excluded.append({"run_dir": str(path), "status": "no evaluations", "error": None})
+            excluded.append({"run_dir": _shown(path), "status": "no evaluations", "error": None})
             continue
         dataset = config["dataset"]
         task = task_name(dataset)
@@ -139,7 +149,7 @@ def collect_runs(root: str | Path, datasets: Sequence[str] | None = None) -> Run
                     "return": float(row["return"]),
                     "wall_time": float(row.get("wall_time", math.nan)),
                     "config_hash": chash,
-                    "run_dir": str(path),
+                    "run_dir": _shown(path),
                 }
             )
         scores = [float(r["normalized_score"]) for r in evals]
@@ -159,7 +169,7 @@ def collect_runs(root: str | Path, datasets: Sequence[str] | None = None) -> Run
                 "dataset_hash": saved.get("dataset", {}).get("content_hash"),
                 "git_commit": saved.get("git_commit"),
                 "package_version": saved.get("package_version"),
-                "run_dir": str(path),
+                "run_dir": _shown(path),
             }
         )
         hashes.setdefault(dataset, set()).add(str(saved.get("dataset", {}).get("content_hash")))
@@ -171,7 +181,7 @@ def collect_runs(root: str | Path, datasets: Sequence[str] | None = None) -> Run
         runs = runs.sort_values(["task", "algorithm", "seed"]).reset_index(drop=True)
         evaluations = evaluations.sort_values(["task", "algorithm", "seed", "step"])
         evaluations = evaluations.reset_index(drop=True)
-    provenance = {"root": str(root), "datasets": hashes, "git_commits": sorted(commits)}
+    provenance = {"root": _shown(root), "datasets": hashes, "git_commits": sorted(commits)}
     return RunsTable(evaluations, runs, excluded, provenance)
 
 

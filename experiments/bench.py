@@ -33,7 +33,8 @@ see docs/environment-notes). Diffuser has no reference: its numbers are reported
 Fairness on a shared machine: reference and candidate run in alternating chunks (A B A B ...)
 and the ratio reported is the median of the per-round ratios, so load that comes and goes hits
 both. Warm-up (and torch.compile's compile time, reported separately) is excluded. Results go
-to results/bench/bench.{md,json} with the machine's description (CPU, cores, threads, load).
+to runs/bench/bench.{md,json} (git-ignored; `--out results/bench` for the committed snapshot)
+with the machine's description (CPU, cores, threads, load).
 """
 
 from __future__ import annotations
@@ -1226,7 +1227,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-compile", action="store_true", help="measure without torch.compile")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation measurement")
-    parser.add_argument("--out", default=str(ROOT / "results" / "bench"), help="output directory")
+    parser.add_argument(
+        "--out",
+        default=str(ROOT / "runs" / "bench"),
+        help="output directory (default: the git-ignored runs/bench; the committed report is "
+        "made with --out results/bench)",
+    )
     return parser.parse_args(argv)
 
 
