@@ -5,12 +5,14 @@ mode; the real bc/td3bc algorithms through the sweep."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -319,37 +321,50 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_sweep_on_a_running_ray_cluster_equals_the_local_backend(pendulum_store, tmp_path):
-    """As a cluster runs it: a head node started by `ray start` in its own process, the sweep
-    connecting with --address, real BC runs in the raylet's worker processes. Same seeds on
-    CPU: the same scores as the local backend, bit for bit. The cluster stops also on failure."""
+@contextlib.contextmanager
+def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A Ray head node started by `ray start` as its own process, as a cluster runs; yields its
+    address and stops it also when the test fails. Its workers start from the head's environment
+    (this process's, plus tests/ on PYTHONPATH for the tiny algorithm), with one auth token for
+    head and drivers (Ray >= 2.52 token auth)."""
     pytest.importorskip("ray", reason="ray is an optional extra: pip install 'ray[default]'")
     import shutil
     import subprocess
     import tempfile
+    # drivers run as their own processes: Ray reads the auth settings once, at import
 
-    ray_cli = Path(sys.executable).with_name("ray")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", os.urandom(16).hex())
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([TESTS_DIR, *sys.path]))
+    ray_cli = str(Path(sys.executable).with_name("ray"))
     port = _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}  # workers inherit the head's env
-    # one token for head and driver, as a cluster's nodes share it (Ray >= 2.52 token auth)
-    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.urandom(16).hex())
-    env["MINARI_DATASETS_PATH"] = os.environ["MINARI_DATASETS_PATH"]
-    start = [str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=2"]
     ray_temp = tempfile.mkdtemp(prefix="ray")  # short: Ray's socket paths must fit 107 bytes
+    start = [ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2"]
     start += ["--include-dashboard=false", f"--temp-dir={ray_temp}"]
-    file = write_sweep(tmp_path / "bc.toml", pendulum_store, "", algorithms=["bc"], steps=200)
-    started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=120)
+    started = subprocess.run(start, capture_output=True, text=True, timeout=120)
     try:
         assert started.returncode == 0, started.stderr[-2000:]
-        address = f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+        shutil.rmtree(ray_temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_sweep_on_a_running_ray_cluster_equals_the_local_backend(
+    pendulum_store, tmp_path, monkeypatch
+):
+    """A sweep driver in its own process connects with --address; real BC runs in the raylet's
+    worker processes. Same seeds on CPU: the same scores as the local backend, bit for bit."""
+    import subprocess
+
+    file = write_sweep(tmp_path / "bc.toml", pendulum_store, "", algorithms=["bc"], steps=200)
+    with ray_cluster(monkeypatch) as address:
         command = [sys.executable, "-m", "dql.sweep", str(file), "--out", str(tmp_path / "ray")]
         command += ["--backend", "ray", "--address", address]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    finally:
-        subprocess.run([str(ray_cli), "stop", "--force"], env=env, capture_output=True, timeout=120)
-        shutil.rmtree(ray_temp, ignore_errors=True)
     local = run_sweep(load_sweep(file), tmp_path / "local", workers=2, echo=lambda *a: None)
     assert local.all_complete
     for seed in (0, 1):
@@ -359,6 +374,57 @@ def test_sweep_on_a_running_ray_cluster_equals_the_local_backend(pendulum_store,
         assert on_ray["steps"] == 200 and on_ray["final_score"] == here["final_score"]
     status = json.loads((tmp_path / "ray" / "sweep_status.json").read_text())
     assert all(run["status"] == "complete" for run in status["runs"].values())
+
+
+@pytest.mark.slow
+def test_a_ray_worker_killed_mid_run_resumes_from_its_checkpoint(
+    pendulum_store, tmp_path, monkeypatch
+):
+    """SIGKILL of the worker process that trains a run: Ray retries the task, the run continues
+    from its last checkpoint (no step logged twice, a second TensorBoard writer) and the sweep
+    driver (its own process) finishes with every run complete."""
+    import subprocess
+
+    out = tmp_path / "out"
+    file = write_sweep(
+        tmp_path / "long.toml",
+        pendulum_store,
+        "",
+        algorithms=["bc"],
+        seeds=[0],
+        steps=3000,
+        eval_interval=3000,
+        log_interval=50,
+        checkpoint_interval=50,
+    )
+    run_dir = out / "bc" / "pendulum-mixed" / "seed_0"
+    with ray_cluster(monkeypatch) as address:
+        command = [sys.executable, "-m", "dql.sweep", str(file), "--out", str(out)]
+        driver = subprocess.Popen(
+            [*command, "--backend", "ray", "--address", address],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not (run_dir / "checkpoints" / "last.pt").exists():
+                assert time.monotonic() < deadline and driver.poll() is None, "no checkpoint"
+                time.sleep(0.05)
+            worker = int((run_dir / ".sweep.lock").read_text())
+            os.kill(worker, signal.SIGKILL)
+            killed_at = max(json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open())
+            output, _ = driver.communicate(timeout=300)
+        finally:
+            driver.kill()
+    assert driver.returncode == 0, output[-3000:]
+    assert 0 < killed_at < 3000
+    assert json.loads((run_dir / "result.json").read_text())["steps"] == 3000
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
+    assert steps == list(range(50, 3001, 50))  # continued, no step logged twice
+    assert len(list((run_dir / "tb").glob("events.*"))) == 2  # a second writer: it resumed
+    status = json.loads((out / "sweep_status.json").read_text())
+    assert status["runs"]["bc/pendulum-mixed/seed_0"]["status"] == "complete"
 
 
 @pytest.mark.slow
