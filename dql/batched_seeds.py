@@ -144,11 +144,11 @@ class SeedStack:
             for seed in seeds:  # seed k's initial weights are those of a run seeded k
                 seed_everything(int(seed))
                 agents.append(agent_cls(*dims, config))
-            # the stack's own noise stream for updates, seeded by the group
-            self._rng = torch.Generator().manual_seed(int(seeds[0]) * 1_000_003 + len(seeds))
-            self._rng_state = self._rng.get_state()
         random.setstate(py_state)
         np.random.set_state(np_state)
+        # the stack's own (CPU) noise stream for updates, seeded by the group
+        seed = int(seeds[0]) * 1_000_003 + len(seeds)
+        self._rng_state = torch.Generator().manual_seed(seed).get_state()
         self.agent = agent = agents[0]
         self.device = agent.device
         self.selection_metric = getattr(agent, "selection_metric", None)
