@@ -63,6 +63,21 @@ def write_sweep(path: Path, dataset: str, body: str, **fields: object) -> Path:
     return path
 
 
+def write_long_sweep(tmp_path: Path, dataset: str, algorithm: str) -> Path:
+    """One seed of `algorithm`, 3000 steps, a checkpoint every 50: long enough to kill mid-run."""
+    return write_sweep(
+        tmp_path / "long.toml",
+        dataset,
+        "",
+        algorithms=[algorithm],
+        seeds=[0],
+        steps=3000,
+        eval_interval=3000,
+        log_interval=50,
+        checkpoint_interval=50,
+    )
+
+
 # --------------------------------------------------------------------------- malformed files
 
 MALFORMED = {
@@ -254,17 +269,7 @@ def test_killed_worker_run_resumes_from_its_checkpoint(
     tiny_registry, pendulum_store, counter, tmp_path
 ):
     out = tmp_path / "out"
-    file = write_sweep(
-        tmp_path / "long.toml",
-        pendulum_store,
-        "",
-        algorithms=["tiny_a"],
-        seeds=[0],
-        steps=3000,
-        eval_interval=3000,
-        log_interval=50,
-        checkpoint_interval=50,
-    )
+    file = write_long_sweep(tmp_path, pendulum_store, "tiny_a")
     sweep = load_sweep(file)
     run_dir = out / "tiny_a" / "pendulum-mixed" / "seed_0"
     reports = []
@@ -386,17 +391,7 @@ def test_a_ray_worker_killed_mid_run_resumes_from_its_checkpoint(
     import subprocess
 
     out = tmp_path / "out"
-    file = write_sweep(
-        tmp_path / "long.toml",
-        pendulum_store,
-        "",
-        algorithms=["bc"],
-        seeds=[0],
-        steps=3000,
-        eval_interval=3000,
-        log_interval=50,
-        checkpoint_interval=50,
-    )
+    file = write_long_sweep(tmp_path, pendulum_store, "bc")
     run_dir = out / "bc" / "pendulum-mixed" / "seed_0"
     with ray_cluster(monkeypatch) as address:
         command = [sys.executable, "-m", "dql.sweep", str(file), "--out", str(out)]
