@@ -33,7 +33,10 @@ beat one 2-thread process for independent runs. A run's process holds a lock on 
 directory, so two sweeps (or an orphaned worker) never train the same run at once, and killing
 one run's process leaves the others running. Ray backend: every run is one `ray.remote` task
 requesting `--cpus-per-run`/`--gpus-per-run`; Ray does the scheduling. Run directories must be on
-a filesystem every Ray node sees.
+a file system every Ray node sees and can write: before launching, a probe task on every node
+checks that it sees a file the driver wrote in OUT and can write there, and the sweep is refused
+with the failing nodes named otherwise; OUT is made absolute (a worker's working directory is not
+the driver's). An address where nothing listens fails at once, naming it.
 
 Batched seeds: `plan_jobs` turns the runs into jobs, a job being the runs one worker process
 trains: one run each, or with `--batched-seeds` the seeds of one (algorithm, dataset) together
@@ -52,6 +55,7 @@ import importlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -386,6 +390,12 @@ def _lock_is_held(run_dir: Path) -> bool:
         return False
 
 
+def _wait_for_unlock(run_dirs: Sequence[Path], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(_lock_is_held(d) for d in run_dirs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def run_one(spec: RunSpec) -> dict[str, Any]:
     """Train one run in this process and say how it ended; never raises for a run's own failure.
     A run with a config.json continues from its checkpoint (resume)."""
@@ -656,6 +666,7 @@ class RayBackend:
             ) from None
         self.ray = ray
         if not ray.is_initialized():
+            _check_reachable(address)
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
             except Exception as exc:  # unreachable cluster, bad address
@@ -664,6 +675,34 @@ class RayBackend:
                 ) from None
         self.cpus_per_run = cpus_per_run
         self.gpus_per_run = gpus_per_run
+
+    def check_shared_dir(self, out: Path, timeout: float = 120.0) -> None:
+        """Refuse `out` unless a task on every alive node with CPUs sees the driver's token file
+        in it and can write there: runs write their directories on the workers' file system."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        token = os.urandom(8).hex()
+        probe_file = out / f".ray_probe_{token}"
+        probe_file.write_text(token)
+        probe = self.ray.remote(num_cpus=0, max_retries=0)(_probe_shared_dir)
+        nodes = [n for n in self.ray.nodes() if n.get("Alive") and n["Resources"].get("CPU")]
+        refs = {
+            probe.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            ).remote(str(out), token): n.get("NodeManagerAddress", n["NodeID"])
+            for n in nodes
+        }
+        try:
+            done, pending = self.ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+            problems = [f"node {refs[r]}: no answer in {timeout:.0f} s" for r in pending]
+            problems += [f"node {refs[r]}: {err}" for r in done if (err := self.ray.get(r))]
+        finally:
+            probe_file.unlink(missing_ok=True)
+        if problems:
+            raise UserError(
+                f"Ray workers cannot use the output directory {out} ({'; '.join(problems)}); "
+                "the ray backend needs --out on a file system every node shares and can write"
+            )
 
     def run(self, jobs: list[list[RunSpec]], on_done: Any) -> None:
         ray = self.ray
@@ -683,6 +722,8 @@ class RayBackend:
             for ref in pending:  # a running task gets KeyboardInterrupt and checkpoints
                 ray.cancel(ref)
             for ref in pending:
+                # The driver leaving kills its workers: wait until each run has saved and let go.
+                _wait_for_unlock([Path(spec.run_dir) for spec in refs[ref]], timeout=120.0)
                 for outcome in self._get(ref, refs[ref]):
                     on_done(outcome)
             raise
@@ -697,6 +738,39 @@ class RayBackend:
                 if outcome["status"] != "complete":
                     outcome["error"] = f"{type(exc).__name__}: {first_line}"
             return outcomes
+
+
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast, naming the address, where nothing listens: ray.init retries for minutes."""
+    if address in (None, "", "auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address must be HOST:PORT (the head's GCS port), got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UserError(
+            f"cannot reach the Ray head at {address}: {exc.strerror or exc}; "
+            "is `ray start --head` running there and the port open?"
+        ) from None
+
+
+def _probe_shared_dir(out: str, token: str) -> str:
+    """Run on a Ray node: '' if it sees the driver's token in `out` and can write there."""
+    probe_file = Path(out) / f".ray_probe_{token}"
+    try:
+        if probe_file.read_text() != token:
+            return "sees another file in its place"
+    except OSError:
+        return "does not see the driver's files there"
+    try:
+        written = Path(out) / f".ray_probe_{token}_{os.getpid()}"
+        written.write_text(token)
+        written.unlink()
+    except OSError as exc:
+        return f"cannot write there ({exc.strerror or exc})"
+    return ""
 
 
 def _ray_job(job: list[RunSpec], num_threads: int) -> list[dict[str, Any]]:
@@ -760,6 +834,10 @@ def run_sweep(
     if cpus_per_run < 1 or gpus_per_run < 0:
         raise UserError("--cpus-per-run must be >= 1 and --gpus-per-run >= 0")
     out = Path(out_dir)
+    if backend == "ray":  # a worker's working directory is not the driver's
+        out = out.resolve()
+        if not dry_run:
+            _check_reachable(address)
     runs = plan_runs(sweep, out)
     out.mkdir(parents=True, exist_ok=True)
     if sweep.text:
@@ -769,19 +847,24 @@ def run_sweep(
     to_run: list[RunSpec] = []
     for spec in runs:
         state = run_state(spec.run_dir)
-        previous = _previous_error(out, spec.key)
+        previous = _previous_record(out, spec.key)
         if state == "complete":
             report.runs[spec.key] = _outcome(spec, "complete", **_scores(spec))
         elif state == "busy":
             report.runs[spec.key] = _outcome(spec, "busy", error="being trained by another process")
         elif state == "failed" and not retry_failed:
-            error = _run_error(spec) or previous
+            error = _run_error(spec) or previous.get("error")
             report.runs[spec.key] = _outcome(spec, "failed", error=error)
         else:
             if state == "failed" and not dry_run:
                 moved = move_failed_aside(spec.run_dir)
                 _log(out, f"{spec.key}: failed run moved to {moved.name}; retrying from scratch")
-            report.runs[spec.key] = _outcome(spec, "pending", resume=state == "interrupted")
+            report.runs[spec.key] = _outcome(
+                spec,
+                "pending",
+                resume=state == "interrupted",
+                **({"attempts": previous["attempts"]} if "attempts" in previous else {}),
+            )
             to_run.append(spec)
 
     n_workers = workers or _cpu_count()
@@ -834,6 +917,8 @@ def run_sweep(
         if backend == "local"
         else RayBackend(address, cpus_per_run, gpus_per_run)
     )
+    if isinstance(runner, RayBackend):
+        runner.check_shared_dir(out)
     previous_handler = _sigterm_as_interrupt()
     try:
         runner.run(jobs, on_done)
@@ -869,13 +954,12 @@ def _run_error(spec: RunSpec) -> str | None:
     return RunDirectory(spec.run_dir).status().get("error")
 
 
-def _previous_error(out: Path, key: str) -> str | None:
+def _previous_record(out: Path, key: str) -> dict[str, Any]:
+    """The run's entry in the last sweep_status.json (its error, attempts so far), or {}."""
     file = out / "sweep_status.json"
-    if not file.exists():
-        return None
     with contextlib.suppress(Exception):
-        return json.loads(file.read_text())["runs"][key].get("error")
-    return None
+        return dict(json.loads(file.read_text())["runs"][key])
+    return {}
 
 
 def _describe(outcome: dict[str, Any]) -> str:

@@ -327,11 +327,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def ray_cluster(monkeypatch: pytest.MonkeyPatch, hidden: Path | None = None) -> Iterator[str]:
     """A Ray head node started by `ray start` as its own process, as a cluster runs; yields its
     address and stops it also when the test fails. Its workers start from the head's environment
     (this process's, plus tests/ on PYTHONPATH for the tiny algorithm), with one auth token for
-    head and drivers (Ray >= 2.52 token auth)."""
+    head and drivers (Ray >= 2.52 token auth). With `hidden`, the head runs in its own mount
+    namespace where that directory is an empty tmpfs: a node that does not share the driver's
+    file system there."""
     pytest.importorskip("ray", reason="ray is an optional extra: pip install 'ray[default]'")
     import shutil
     import subprocess
@@ -347,6 +349,10 @@ def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     ray_temp = tempfile.mkdtemp(prefix="ray")  # short: Ray's socket paths must fit 107 bytes
     start = [ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2"]
     start += ["--include-dashboard=false", f"--temp-dir={ray_temp}"]
+    if hidden is not None:
+        hidden.mkdir(parents=True, exist_ok=True)
+        mount = 'mount -t tmpfs tmpfs "$0" && exec "$@"'
+        start = ["unshare", "--mount", "sh", "-c", mount, str(hidden), *start]
     started = subprocess.run(start, capture_output=True, text=True, timeout=120)
     try:
         assert started.returncode == 0, started.stderr[-2000:]
@@ -420,6 +426,106 @@ def test_a_ray_worker_killed_mid_run_resumes_from_its_checkpoint(
     assert len(list((run_dir / "tb").glob("events.*"))) == 2  # a second writer: it resumed
     status = json.loads((out / "sweep_status.json").read_text())
     assert status["runs"]["bc/pendulum-mixed/seed_0"]["status"] == "complete"
+
+
+def test_an_unreachable_ray_head_is_one_error_naming_the_address(tmp_path, capsys):
+    """Nothing listens there: one line at once (ray.init alone retries for minutes)."""
+    file = write_sweep(tmp_path / "s.toml", "x/p/q-v0", "", algorithms=["bc"])
+    address = f"127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    assert (
+        main([str(file), "--out", str(tmp_path / "out"), "--backend", "ray", "--address", address])
+        == 2
+    )
+    assert time.monotonic() - started < 30
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"cannot reach the Ray head at {address}" in err
+    assert not (tmp_path / "out").exists()  # nothing written for a sweep that cannot start
+    assert main([str(file), "--backend", "ray", "--address", "headnode"]) == 2
+    assert "--address must be HOST:PORT" in capsys.readouterr().err
+
+
+def _can_unshare_mounts() -> bool:
+    import shutil
+    import subprocess
+
+    if not shutil.which("unshare"):
+        return False
+    tried = subprocess.run(["unshare", "--mount", "true"], capture_output=True)
+    return tried.returncode == 0
+
+
+@pytest.mark.slow
+def test_ray_refuses_an_output_directory_its_workers_cannot_see(
+    pendulum_store, tmp_path, monkeypatch
+):
+    """The head's node sees an empty file system where the driver writes: the sweep is refused in
+    one error line naming the directory and the node, and nothing is trained."""
+    import subprocess
+
+    if not _can_unshare_mounts():
+        pytest.skip("needs `unshare --mount` (root or user namespaces) to hide a directory")
+    hidden = tmp_path / "not_shared"
+    out = hidden / "out"
+    file = write_sweep(tmp_path / "bc.toml", pendulum_store, "", algorithms=["bc"], steps=50)
+    with ray_cluster(monkeypatch, hidden=hidden) as address:
+        command = [sys.executable, "-m", "dql.sweep", str(file), "--out", str(out)]
+        done = subprocess.run(
+            [*command, "--backend", "ray", "--address", address],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    error = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1, done.stderr[-2000:]
+    assert f"cannot use the output directory {out}" in error[0]
+    assert "does not see the driver's files" in error[0]
+    assert not list(out.rglob("metrics.jsonl")) and not list(out.glob(".ray_probe_*"))
+
+
+@pytest.mark.slow
+def test_a_ray_driver_interrupted_and_restarted_finishes_the_sweep(
+    pendulum_store, tmp_path, monkeypatch
+):
+    """SIGTERM to the sweep driver mid-run: the running task checkpoints, sweep_status.json says
+    the run was interrupted, the driver exits 130. A second driver resumes it from that
+    checkpoint (no step logged twice) and finishes; the run counts two attempts, one complete."""
+    import subprocess
+
+    out = tmp_path / "out"
+    file = write_long_sweep(tmp_path, pendulum_store, "bc")
+    run_dir = out / "bc" / "pendulum-mixed" / "seed_0"
+    key = "bc/pendulum-mixed/seed_0"
+    with ray_cluster(monkeypatch) as address:
+        command = [sys.executable, "-m", "dql.sweep", str(file), "--out", str(out)]
+        command += ["--backend", "ray", "--address", address]
+        driver = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while not (run_dir / "checkpoints" / "last.pt").exists():
+                assert time.monotonic() < deadline and driver.poll() is None, "no checkpoint"
+                time.sleep(0.05)
+            driver.send_signal(signal.SIGTERM)
+            output, _ = driver.communicate(timeout=180)
+        finally:
+            driver.kill()
+        assert driver.returncode == 130, output[-3000:]
+        status = json.loads((out / "sweep_status.json").read_text())["runs"][key]
+        assert status["status"] == "interrupted" and status["attempts"] == 1
+        stopped_at = json.loads((run_dir / "status.json").read_text())["step"]
+        assert 0 < stopped_at < 3000
+        again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "1 resumed from checkpoints" in again.stdout
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
+    assert steps == list(range(50, 3001, 50))  # continued, no step logged twice
+    assert len(list((run_dir / "tb").glob("events.*"))) == 2  # a second writer: it resumed
+    status = json.loads((out / "sweep_status.json").read_text())
+    assert status["counts"] == {"complete": 1}
+    assert status["runs"][key]["status"] == "complete" and status["runs"][key]["attempts"] == 2
 
 
 @pytest.mark.slow
