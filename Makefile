@@ -29,7 +29,7 @@ test: install
 # Both tiers and the linter: what CI runs (.ci/run). It adds the ray extra, so the Ray backend's
 # tests (a real `ray start --head` cluster) run rather than skip.
 test-all: $(RAY_STAMP) lint
-	OMP_NUM_THREADS=1 $(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest -rs --durations=25
 
 $(RAY_STAMP): $(STAMP)
 	$(PIP) install -q -e ".[dev,ray]"
