@@ -21,7 +21,7 @@ from dql.batched_seeds import per_seed
 from dql.buffer import Batch
 from dql.cli import run_cli
 from dql.errors import ConfigError
-from dql.nets import at_config_precision, check_precision, make_optimizer
+from dql.nets import Precision, at_config_precision, make_optimizer
 from dql.policies_common import DeterministicActor, GaussianActor, observations_tensor
 from dql.training import TrainConfig, resolve_device, run_training
 
@@ -38,12 +38,11 @@ class Config(TrainConfig):
     """Adam learning rate."""
     hidden: tuple[int, ...] = (256, 256)
     """Hidden layer widths of the policy."""
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     """fp32, or bf16: the training step's matmuls in bfloat16 (dql.nets.autocast); acting is fp32."""
 
     def validate(self) -> None:
         super().validate()
-        check_precision(self.precision)
         if not self.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
         if not self.hidden or min(self.hidden) < 1:

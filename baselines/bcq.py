@@ -34,8 +34,8 @@ from dql.cli import run_cli
 from dql.errors import ConfigError
 from dql.nets import (
     CriticEnsemble,
+    Precision,
     at_config_precision,
-    check_precision,
     make_optimizer,
     mlp,
     polyak_update,
@@ -73,12 +73,11 @@ class Config(TrainConfig):
     """Hidden layer widths of the VAE's encoder and decoder."""
     hidden: tuple[int, ...] = (400, 300)
     """Hidden layer widths of the perturbation network and critics."""
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     """fp32, or bf16: the training step's matmuls in bfloat16 (dql.nets.autocast); acting is fp32."""
 
     def validate(self) -> None:
         super().validate()
-        check_precision(self.precision)
         if not 0 <= self.phi <= 2:
             raise ConfigError(f"--phi must be in [0, 2] (a fraction of max_action), got {self.phi}")
         if not 0 <= self.lmbda <= 1:

@@ -56,8 +56,8 @@ from dql.cli import run_cli
 from dql.errors import ConfigError
 from dql.nets import (
     CriticEnsemble,
+    Precision,
     at_config_precision,
-    check_precision,
     make_optimizer,
     polyak_update,
 )
@@ -113,12 +113,11 @@ class Config(TrainConfig):
     """Hidden layer widths of the actor (CORL: 3 x 256)."""
     hidden: tuple[int, ...] = (256, 256)
     """Hidden layer widths of the critics."""
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     """fp32, or bf16: the training step's matmuls in bfloat16 (dql.nets.autocast); acting is fp32."""
 
     def validate(self) -> None:
         super().validate()
-        check_precision(self.precision)
         if not self.cql_alpha >= 0:
             raise ConfigError(f"--cql-alpha must be >= 0, got {self.cql_alpha}")
         if self.num_sampled_actions < 1:

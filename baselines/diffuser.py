@@ -77,7 +77,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -94,9 +94,9 @@ from dql.runs import atomic_write_json, read_json, safe_torch_load
 from dql.training import TrainConfig, resolve_device, run_training, seed_everything
 
 ALGORITHM = "diffuser"
-CONDITIONING = ("auto", "start", "goal")
-WAYPOINT_CONTROLLERS = ("diffuser", "pd")
-NORMALIZERS = ("gaussian", "limits")
+Conditioning = Literal["auto", "start", "goal"]
+WaypointController = Literal["diffuser", "pd"]
+NormalizerKind = Literal["gaussian", "limits"]
 # Config fields that fix the shapes or meaning of trained weights (taken from a run's
 # config.json when evaluating one of its checkpoints with --eval-only).
 ARCHITECTURE_FIELDS = (
@@ -136,7 +136,7 @@ class Config(TrainConfig):
     """U-Net channels at the first level."""
     channel_multipliers: tuple[int, ...] = (1, 2, 4, 8)
     """Channel multiplier per U-Net level; the time axis halves between levels."""
-    trajectory_normalizer: str = "gaussian"
+    trajectory_normalizer: NormalizerKind = "gaussian"
     """Per-dimension normalisation of states and actions: gaussian (z-score) or limits ([-1, 1])."""
     clip_denoised: bool = False
     """Clip the predicted x0 to [-1, 1] at every reverse step (use with limits)."""
@@ -160,7 +160,7 @@ class Config(TrainConfig):
     termination_penalty: float = -100.0
     """Added to the reward of terminal steps in the value target."""
     # ---- planning (all of these can change at test time without retraining)
-    conditioning: str = "auto"
+    conditioning: Conditioning = "auto"
     """Inpainted states: start (s_0), goal (s_0 and the goal at H-1), auto (goal iff --goal-size > 0)."""
     plan_horizon: int = 0
     """Planning horizon (0: --horizon); the U-Net is convolutional, so any multiple of 2^(levels-1)."""
@@ -176,7 +176,7 @@ class Config(TrainConfig):
     """Replan every this many env steps (0: once per episode)."""
     waypoint_tracking: bool = False
     """Goal reaching: steer toward the plan's next state instead of executing planned actions."""
-    waypoint_controller: str = "diffuser"
+    waypoint_controller: WaypointController = "diffuser"
     """diffuser: a = (pos_w - pos) + (vel_w - vel), the published Maze2D rule; pd: a = kp (pos_w - pos) - kd vel, D4RL's data-collection rule."""
     waypoint_kp: float = 10.0
     """--waypoint-controller pd: gain on the position error."""
@@ -193,15 +193,6 @@ class Config(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.trajectory_normalizer not in NORMALIZERS:
-            raise ConfigError(
-                f"--trajectory-normalizer must be one of {', '.join(NORMALIZERS)}, "
-                f"got {self.trajectory_normalizer!r}"
-            )
-        if self.conditioning not in CONDITIONING:
-            raise ConfigError(
-                f"--conditioning must be one of {', '.join(CONDITIONING)}, got {self.conditioning!r}"
-            )
         if self.conditioning == "goal" and self.goal_size <= 0:
             raise ConfigError("--conditioning goal needs --goal-size > 0 (a goal env)")
         if self.goal_size < 0:
@@ -236,11 +227,6 @@ class Config(TrainConfig):
         if self.learning_rate <= 0 or self.action_weight < 0 or self.guidance_scale < 0:
             raise ConfigError(
                 "--learning-rate must be > 0, --action-weight and --guidance-scale >= 0"
-            )
-        if self.waypoint_controller not in WAYPOINT_CONTROLLERS:
-            raise ConfigError(
-                f"--waypoint-controller must be one of {', '.join(WAYPOINT_CONTROLLERS)}, "
-                f"got {self.waypoint_controller!r}"
             )
         if self.waypoint_tracking and self.goal_size <= 0:
             raise ConfigError("--waypoint-tracking needs --goal-size > 0 (positions to track)")

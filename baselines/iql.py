@@ -39,8 +39,8 @@ from dql.cli import run_cli
 from dql.errors import ConfigError
 from dql.nets import (
     CriticEnsemble,
+    Precision,
     at_config_precision,
-    check_precision,
     make_optimizer,
     mlp,
     polyak_update,
@@ -79,12 +79,11 @@ class Config(TrainConfig):
     """Use a deterministic actor with weighted MSE instead of a Gaussian with weighted log-likelihood."""
     hidden: tuple[int, ...] = (256, 256)
     """Hidden layer widths of actor, critics and value network."""
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     """fp32, or bf16: the training step's matmuls in bfloat16 (dql.nets.autocast); acting is fp32."""
 
     def validate(self) -> None:
         super().validate()
-        check_precision(self.precision)
         if not 0 < self.expectile < 1:
             raise ConfigError(f"--expectile must be in (0, 1), got {self.expectile}")
         if not self.beta >= 0:

@@ -29,8 +29,8 @@ from dql.cli import run_cli
 from dql.errors import ConfigError
 from dql.nets import (
     CriticEnsemble,
+    Precision,
     at_config_precision,
-    check_precision,
     make_optimizer,
     polyak_update,
 )
@@ -62,12 +62,11 @@ class Config(TrainConfig):
     """Adam learning rate of the critics."""
     hidden: tuple[int, ...] = (256, 256)
     """Hidden layer widths of actor and critics."""
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     """fp32, or bf16: the training step's matmuls in bfloat16 (dql.nets.autocast); acting is fp32."""
 
     def validate(self) -> None:
         super().validate()
-        check_precision(self.precision)
         if not self.alpha >= 0:
             raise ConfigError(f"--alpha must be >= 0, got {self.alpha}")
         if not 0 <= self.discount <= 1:

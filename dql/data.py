@@ -20,7 +20,7 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -50,15 +50,10 @@ D4RL_ENV_IDS: dict[str, str] = {
 }
 
 OBSERVATION_KEY_ORDER = ("observation", "achieved_goal", "desired_goal")
-REWARD_TRANSFORMS = (
-    "none",
-    "zscore",
-    "normalize",
-    "locomotion",
-    "cql_antmaze",
-    "corl_antmaze",
-    "antmaze",
-)
+RewardTransform = Literal[
+    "none", "zscore", "normalize", "locomotion", "cql_antmaze", "corl_antmaze", "antmaze"
+]
+REWARD_TRANSFORMS = get_args(RewardTransform)
 HDF5_REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 _MINARI_ID = re.compile(r"^([\w.-]+/)*[\w.-]+-v\d+$")
 

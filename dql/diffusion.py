@@ -24,12 +24,14 @@ run is reproducible and a caller can draw the noise itself (per seed, outside a 
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 from torch import nn
 
-BETA_SCHEDULES = ("linear", "cosine", "vp")
+BetaSchedule = Literal["linear", "cosine", "vp"]
+BETA_SCHEDULES = get_args(BetaSchedule)
 
 
 def linear_beta_schedule(

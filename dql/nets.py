@@ -10,20 +10,15 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import torch
 from torch import nn
 
-from dql.errors import ConfigError
-
-PRECISIONS = ("fp32", "bf16")
+Precision = Literal["fp32", "bf16"]
+PRECISIONS = get_args(Precision)
+Activation = Literal["relu", "mish", "tanh", "elu", "gelu"]  # the keys of ACTIVATIONS
 T = TypeVar("T")
-
-
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
 def autocast(precision: str, device: torch.device) -> torch.autocast:

@@ -22,6 +22,7 @@ import random
 import signal
 import sys
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,8 @@ from tqdm.auto import tqdm
 import dql
 from dql.buffer import Batch, ReplayBuffer
 from dql.data import (
-    REWARD_TRANSFORMS,
     ObservationNormalizer,
+    RewardTransform,
     load_dataset,
     resolve_ref_scores,
     task_name,
@@ -103,7 +104,7 @@ class TrainConfig:
     """Expert return for normalized scores (default: dataset metadata or D4RL table)."""
     normalize_observations: bool = True
     """Standardise observations with the dataset's mean and std (also at evaluation)."""
-    reward_transform: str = "none"
+    reward_transform: RewardTransform = "none"
     """none, zscore, locomotion (1000/(max_ret-min_ret)), cql_antmaze ((r-0.5)*4), corl_antmaze (10r-5), antmaze (r-1)."""
     max_episode_steps: int | None = None
     """Override the evaluation env's time limit."""
@@ -137,11 +138,22 @@ class TrainConfig:
                 )
         if self.max_episode_steps is not None and self.max_episode_steps <= 0:
             raise ConfigError(f"--max-episode-steps must be positive, got {self.max_episode_steps}")
-        if self.reward_transform not in REWARD_TRANSFORMS:
-            raise ConfigError(
-                f"--reward-transform {self.reward_transform!r} is unknown; choose one of "
-                f"{', '.join(REWARD_TRANSFORMS)}"
-            )
+        for name, choices in literal_choices(type(self)).items():  # every Literal field
+            if getattr(self, name) not in choices:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be one of {', '.join(map(str, choices))}, "
+                    f"got {getattr(self, name)!r}"
+                )
+
+
+def literal_choices(config_class: type) -> dict[str, tuple[Any, ...]]:
+    """The allowed values of each `Literal`-typed field of a config dataclass (tyro lists them)."""
+    hints = typing.get_type_hints(config_class)
+    return {
+        f.name: typing.get_args(hints[f.name])
+        for f in dataclasses.fields(config_class)
+        if typing.get_origin(hints[f.name]) is typing.Literal
+    }
 
 
 class Agent(Protocol):
