@@ -8,6 +8,7 @@ defaults from experiments/hyperparams) and the `dql` umbrella command.
     dql panel RUN_DIR [RUN_DIR ...] scores under observation/action noise, delay, dropped frames
     dql export RUN_DIR [--out F]    the policy as a self-contained TorchScript file
     dql replay RUN_DIR              re-run an evaluation's recorded episodes; failures by end reason
+    dql latency RUN_DIR [...]       milliseconds per action of trained runs (writes latency.json)
     dql list                        algorithms and local datasets
 """
 
@@ -91,7 +92,7 @@ def run_cli(
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = "train, data, sweep, table, panel, export, replay, list"
+    commands = "train, data, sweep, table, panel, export, replay, latency, list"
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
@@ -127,6 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from dql.traces import main as replay_main
 
             return int(replay_main(rest) or 0)
+        if command == "latency":
+            from dql.latency import main as latency_main
+
+            return int(latency_main(rest) or 0)
         if command == "list":
             from dql.registry import ALGORITHMS
 

@@ -4,8 +4,10 @@ and batched, on the agent's device and, when a GPU is present, on the other devi
 Wall-clock medians over repeated calls after a warm-up, on random normalised observations; the
 call includes the host<->device copies `act` does, as a deployed controller pays them. On a
 shared machine these numbers are noisy: compare within one measurement, not across machines.
-The training loop writes them to RUN_DIR/latency.json with the agent's speed knobs (number of
-candidate actions, diffusion steps) so that latency can be read next to score.
+`dql latency RUN_DIR [RUN_DIR ...]` writes them to RUN_DIR/latency.json with the agent's speed
+knobs (number of candidate actions, diffusion steps) so that latency can be read next to score;
+the perturbation panel measures them beside its scores. Training does not: a benchmark inside
+every run would cost each run time and put a noisy number among its results.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ def measure(
 
     `rebuild(device)` returns a copy of the agent on another device; with it, a CUDA agent is
     also timed on CPU and a CPU agent on CUDA when a GPU is present. Never raises: a failure is
-    recorded under "error", since a finished training run must not fail over a benchmark."""
+    recorded under "error" (one device failing must not lose the others' numbers)."""
     device = agent_device(agent)
     out: dict[str, Any] = {
         "knobs": speed_knobs(agent),
@@ -168,3 +170,37 @@ def _cpu_name() -> str | None:
         lines = []
     names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
     return names[0] if names else platform.processor() or None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`dql latency RUN_DIR [RUN_DIR ...]`: time each run's trained agent, write latency.json."""
+    import argparse
+
+    from dql.export import load_run
+    from dql.runs import atomic_write_json
+
+    parser = argparse.ArgumentParser(
+        prog="dql latency",
+        description="Milliseconds per action of trained runs (batch 1 and 10); writes "
+        "RUN_DIR/latency.json.",
+    )
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    parser.add_argument("--checkpoint", default="last", help="last, best, or a step (default last)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    args = parser.parse_args(argv)
+    for run_dir in args.run_dirs:
+        run = load_run(run_dir, checkpoint=args.checkpoint, device=args.device)
+
+        def on_device(other: str, run_dir: str = run_dir) -> Any:
+            return load_run(run_dir, checkpoint=args.checkpoint, device=other).agent
+
+        latency = measure(run.agent, run.info.observation_dim, rebuild=on_device)
+        latency["checkpoint"] = run.checkpoint
+        atomic_write_json(Path(run_dir) / "latency.json", latency)
+        device = next(iter(latency["devices"]), args.device)
+        print(
+            f"{run_dir}: {ms_per_action(latency, batch_size=1):.3f} ms per action at batch 1, "
+            f"{ms_per_action(latency, batch_size=10):.3f} at batch 10 ({device}); "
+            f"wrote latency.json"
+        )
+    return 0

@@ -567,20 +567,6 @@ def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -
     run.write_csv("eval")
     result = summarize(run, algorithm, config)
     atomic_write_json(run.path / "result.json", result)
-    from dql.latency import measure
-
-    def on_device(other: str) -> Agent:  # the trained agent rebuilt on another device
-        moved = agent_cls(
-            info.observation_dim,
-            info.action_dim,
-            max_action,
-            dataclasses.replace(agent_config, device=other),
-        )
-        moved.load_state_dict(agent.state_dict())
-        return moved
-
-    latency = measure(agent, info.observation_dim, rebuild=on_device)
-    atomic_write_json(run.path / "latency.json", latency)
     run.set_status("complete", step=step)
     return result
 

@@ -282,7 +282,7 @@ def test_batched_runs_write_normal_run_directories(pendulum_store: str, tmp_path
     assert [r["seed"] for r in results] == [0, 1] and all(r["steps"] == 30 for r in results)
     normal = diffusion_ql.train(replace(config, seed=1, out_dir=str(tmp_path / "normal")))
     run = tmp_path / "batched" / "diffusion_ql" / "pendulum-mixed" / "seed_1"
-    for name in ("config.json", "metrics.jsonl", "eval.jsonl", "result.json", "latency.json"):
+    for name in ("config.json", "metrics.jsonl", "eval.jsonl", "result.json"):
         assert (run / name).exists(), name
     assert json.loads((run / "status.json").read_text())["status"] == "complete"
     assert json.loads((run / "config.json").read_text())["seed"] == 1

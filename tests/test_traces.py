@@ -122,8 +122,14 @@ def test_traces_render_to_video(pendulum_store, tmp_path):
     assert np.ptp(np.asarray(first)) > 0  # something was drawn
 
 
-def test_run_directory_holds_latency_and_traces_flag_turns_them_off(pendulum_store, tmp_path):
-    config = TrainConfig(
+def test_traces_flag_turns_them_off_and_latency_is_its_own_command(
+    pendulum_store, tmp_path, capsys
+):
+    """Training writes no latency (a benchmark in every run); `dql latency RUN_DIR` times the
+    trained agent and writes latency.json with the checkpoint it used."""
+    from baselines import bc
+
+    config = bc.Config(
         dataset=pendulum_store,
         steps=50,
         eval_interval=50,
@@ -134,10 +140,17 @@ def test_run_directory_holds_latency_and_traces_flag_turns_them_off(pendulum_sto
         progress=False,
         save_traces=False,
     )
-    run_training(config, TanhMlpBC, "tiny_bc")
+    bc.train(config)
     assert not (tmp_path / "run" / "traces.json").exists()
+    assert not (tmp_path / "run" / "latency.json").exists()
+    assert dql_main(["latency", str(tmp_path / "run")]) == 0
     latency = json.loads((tmp_path / "run" / "latency.json").read_text())
     assert latency["devices"]["cpu"]["1"]["ms_per_action"] > 0
+    assert latency["devices"]["cpu"]["10"]["calls"] > 0
+    assert latency["checkpoint"] == "checkpoints/last.pt"
+    assert "ms per action at batch 1" in capsys.readouterr().out
+    assert dql_main(["latency", str(tmp_path)]) == 2  # not a run directory: one error line
+    assert "not a run directory" in capsys.readouterr().err
 
 
 def test_gif_is_written_when_asked(tmp_path):
