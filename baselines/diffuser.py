@@ -75,7 +75,7 @@ import copy
 import dataclasses
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -91,25 +91,19 @@ from dql.errors import ConfigError, UserError
 from dql.evaluation import evaluate
 from dql.nets import hard_update, make_optimizer, polyak_update
 from dql.runs import atomic_write_json, read_json, safe_torch_load
-from dql.training import TrainConfig, resolve_device, run_training, seed_everything
+from dql.training import (
+    TrainConfig,
+    fields_with_role,
+    resolve_device,
+    roles,
+    run_training,
+    seed_everything,
+)
 
 ALGORITHM = "diffuser"
 Conditioning = Literal["auto", "start", "goal"]
 WaypointController = Literal["diffuser", "pd"]
 NormalizerKind = Literal["gaussian", "limits"]
-# Config fields that fix the shapes or meaning of trained weights (taken from a run's
-# config.json when evaluating one of its checkpoints with --eval-only).
-ARCHITECTURE_FIELDS = (
-    "horizon",
-    "diffusion_steps",
-    "base_channels",
-    "channel_multipliers",
-    "goal_size",
-    "trajectory_normalizer",
-    "clip_denoised",
-    "train_value",
-    "normalize_observations",
-)
 # act() takes a jump between two calls larger than this as an env reset (a stale plan): in env
 # units of the goal position (PointMaze moves at most 0.05 per step), else in normalised units
 # of any state dimension (a spurious detection only replans early).
@@ -128,19 +122,23 @@ class Config(TrainConfig):
     normalize_observations: bool = False
     """Standardise observations in the harness; Diffuser normalises trajectories itself."""
     # ---- model
-    horizon: int = 32
+    horizon: int = field(default=32, metadata=roles("architecture"))
     """Trajectory length H the models are trained on (divisible by 2^(levels-1))."""
-    diffusion_steps: int = 20
+    diffusion_steps: int = field(default=20, metadata=roles("architecture"))
     """Denoising steps T (cosine schedule)."""
-    base_channels: int = 32
+    base_channels: int = field(default=32, metadata=roles("architecture"))
     """U-Net channels at the first level."""
-    channel_multipliers: tuple[int, ...] = (1, 2, 4, 8)
+    channel_multipliers: tuple[int, ...] = field(
+        default=(1, 2, 4, 8), metadata=roles("architecture")
+    )
     """Channel multiplier per U-Net level; the time axis halves between levels."""
-    trajectory_normalizer: NormalizerKind = "gaussian"
+    trajectory_normalizer: NormalizerKind = field(
+        default="gaussian", metadata=roles("architecture")
+    )
     """Per-dimension normalisation of states and actions: gaussian (z-score) or limits ([-1, 1])."""
-    clip_denoised: bool = False
+    clip_denoised: bool = field(default=False, metadata=roles("architecture"))
     """Clip the predicted x0 to [-1, 1] at every reverse step (use with limits)."""
-    goal_size: int = 0
+    goal_size: int = field(default=0, metadata=roles("architecture"))
     """Goal-env observations: size G of achieved_goal/desired_goal at the end of the flattened observation (0: none)."""
     # ---- training
     learning_rate: float = 2e-4
@@ -153,7 +151,7 @@ class Config(TrainConfig):
     """Update the EMA every this many steps."""
     ema_start: int = 2000
     """Before this step the EMA copies the weights."""
-    train_value: bool = True
+    train_value: bool = field(default=True, metadata=roles("architecture"))
     """Train the value model used for guidance and plan ranking."""
     discount: float = 0.997
     """Discount gamma of the value model's return-to-go target (the published plan config's 0.997)."""
@@ -793,7 +791,8 @@ def evaluate_checkpoint(config: Config) -> dict[str, Any]:
     run_config = checkpoint.resolve().parent.parent / "config.json"
     saved = read_json(run_config) if run_config.exists() else None
     if saved is not None:  # the weights' shapes come from the run that made them
-        arch = {k: saved["config"][k] for k in ARCHITECTURE_FIELDS if k in saved["config"]}
+        architecture = fields_with_role(Config, "architecture")  # shapes and meaning of weights
+        arch = {k: saved["config"][k] for k in architecture if k in saved["config"]}
         config = dataclasses.replace(config, **arch)
         config.validate()
     data = load_dataset(config.dataset, download=config.download, env_id=config.env_id)

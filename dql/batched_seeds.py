@@ -62,13 +62,11 @@ from dql.errors import ConfigError, UserError
 from dql.training import (
     TrainConfig,
     default_run_dir,
+    fields_with_role,
     request_stop,
     run_training,
     seed_everything,
 )
-
-# Config fields that may differ between the seeds of one batched group.
-PER_SEED_FIELDS = {"seed", "run_dir", "resume", "progress"}
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -321,10 +319,9 @@ def run_batched(configs: Sequence[TrainConfig]) -> list[dict[str, Any] | BaseExc
     for config in configs[1:]:
         if type(config) is not type(configs[0]):
             raise ConfigError("batched seeds must all be runs of one algorithm")
+        per_seed = fields_with_role(type(config), "per_seed")
         differ = {
-            k
-            for k, v in dataclasses.asdict(config).items()
-            if k not in PER_SEED_FIELDS and first[k] != v
+            k for k, v in dataclasses.asdict(config).items() if k not in per_seed and first[k] != v
         }
         if differ:
             raise ConfigError(f"batched seeds may differ only in seed; these differ: {differ}")

@@ -73,8 +73,6 @@ import tomllib
 from dql.errors import ConfigError, UserError
 
 SWEEP_KEYS = {"name", "description", "algorithms", "datasets", "seeds", "overrides"}
-# Fields the sweep sets for every run itself.
-RESERVED_FIELDS = {"dataset", "seed", "run_dir", "out_dir", "resume", "progress"}
 RUN_LOG = "sweep_run.log"
 RUN_LOCK = ".sweep.lock"
 
@@ -209,8 +207,11 @@ def _string_list(value: Any, key: str, fail: Any) -> list[str]:
 
 def _check_fields(values: dict[str, Any], configs: dict[str, type], where: str, fail: Any) -> None:
     """Every key a field of every given config class, with a value of the field's kind."""
+    from dql.training import TrainConfig, fields_with_role
+
+    set_by_sweep = fields_with_role(TrainConfig, "set_by_sweep")
     for key, value in values.items():
-        if key in RESERVED_FIELDS:
+        if key in set_by_sweep:
             raise fail(
                 f"{where}: {key!r} is set by the sweep itself "
                 "(use algorithms, datasets, seeds and --out)"

@@ -40,8 +40,6 @@ import pandas as pd
 
 from dql.errors import UserError
 
-# Config keys that do not change what a run computes.
-NON_RESULT_KEYS = {"seed", "run_dir", "out_dir", "resume", "progress"}
 SCORE_KINDS = ("final", "best")
 DEFAULT_REFERENCE = "diffusion_ql"
 EVAL_COLUMNS = [
@@ -65,7 +63,10 @@ EVAL_COLUMNS = [
 def config_hash(config: dict[str, Any]) -> str:
     """Hash of a run's config without the keys that do not change results (seed, paths, ...):
     runs of one (algorithm, dataset) that share it differ only by seed."""
-    kept = {k: v for k, v in config.items() if k not in NON_RESULT_KEYS}
+    from dql.training import TrainConfig, result_neutral_fields
+
+    neutral = result_neutral_fields(TrainConfig)  # the shared fields declare their roles
+    kept = {k: v for k, v in config.items() if k not in neutral}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

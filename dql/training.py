@@ -24,7 +24,7 @@ import sys
 import time
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,10 +53,42 @@ from dql.runs import (
     safe_torch_load,
 )
 
-# Config keys that may differ between a run and its resumption (where the run directory lives
-# included: a run copied or moved elsewhere resumes there).
-RESUMABLE_KEYS = {"resume", "progress", "device", "num_threads", "save_traces"}
-RESUMABLE_KEYS |= {"run_dir", "out_dir", "download"}
+# What a config field is, for the core, declared on the field as `metadata=roles(...)`.
+FIELD_ROLES = {
+    "resumable": "may differ between a run and its resumption (where it runs, how it reports)",
+    "per_seed": "may differ between the seeds of one batched group",
+    "set_by_sweep": "set by a sweep itself, refused in a sweep file",
+    "architecture": "fixes the shapes or meaning of trained weights",
+}
+
+
+def roles(*names: str) -> dict[str, frozenset[str]]:
+    """Field metadata declaring a config field's roles (keys of FIELD_ROLES)."""
+    unknown = set(names) - set(FIELD_ROLES)
+    assert not unknown, f"unknown field roles {unknown}"
+    return {"roles": frozenset(names)}
+
+
+def fields_with_role(config_class: type, role: str) -> frozenset[str]:
+    """Names of the fields of a config dataclass that declare `role`, here or in a base class (a
+    subclass that only changes a field's default keeps the field's roles)."""
+    assert role in FIELD_ROLES, role
+    names = {f.name for f in dataclasses.fields(config_class)}
+    return frozenset(
+        f.name
+        for cls in config_class.__mro__
+        if dataclasses.is_dataclass(cls)
+        for f in dataclasses.fields(cls)
+        if f.name in names and role in f.metadata.get("roles", ())
+    )
+
+
+def result_neutral_fields(config_class: type) -> frozenset[str]:
+    """Fields that do not change what a run computes: runs differing only there are seeds of
+    one configuration."""
+    return fields_with_role(config_class, "resumable") | fields_with_role(config_class, "per_seed")
+
+
 # What a training checkpoint (checkpoints/last.pt) must hold to be resumed from.
 CHECKPOINT_KEYS = (
     *("agent", "buffer", "torch_rng", "numpy_rng", "loop", "accum", "accum_count", "block"),
@@ -68,9 +100,9 @@ CHECKPOINT_KEYS = (
 class TrainConfig:
     """Flags shared by every algorithm."""
 
-    dataset: str = "local/hopper/medium-v0"
+    dataset: str = field(default="local/hopper/medium-v0", metadata=roles("set_by_sweep"))
     """Minari dataset id (local store, $MINARI_DATASETS_PATH), Minari dataset directory, or D4RL .hdf5 file."""
-    seed: int = 0
+    seed: int = field(default=0, metadata=roles("per_seed", "set_by_sweep"))
     """Seed of network init, batch sampling and the algorithm's noise."""
     steps: int = 1_000_000
     """Gradient steps to train for."""
@@ -86,15 +118,17 @@ class TrainConfig:
     """Log training metrics every this many steps (the only host syncs of the loop)."""
     checkpoint_interval: int = 10_000
     """Save a resumable checkpoint every this many steps."""
-    device: str = "auto"
+    device: str = field(default="auto", metadata=roles("resumable"))
     """cpu, cuda, cuda:N, or auto (cuda when available)."""
-    out_dir: str = "runs"
+    out_dir: str = field(default="runs", metadata=roles("resumable", "set_by_sweep"))
     """Runs go to OUT_DIR/ALGORITHM/TASK/seed_SEED unless --run-dir is given."""
-    run_dir: str | None = None
+    run_dir: str | None = field(
+        default=None, metadata=roles("resumable", "per_seed", "set_by_sweep")
+    )
     """Exact run directory (overrides --out-dir)."""
-    resume: bool = False
+    resume: bool = field(default=False, metadata=roles("resumable", "per_seed", "set_by_sweep"))
     """Continue the run in the run directory from its last checkpoint."""
-    download: bool = False
+    download: bool = field(default=False, metadata=roles("resumable"))
     """Download a missing Minari dataset (needs internet)."""
     env_id: str | None = None
     """Evaluation env id, when the dataset does not name one (D4RL .hdf5 files)."""
@@ -102,7 +136,7 @@ class TrainConfig:
     """Random-policy return for normalized scores (default: dataset metadata or D4RL table)."""
     ref_max_score: float | None = None
     """Expert return for normalized scores (default: dataset metadata or D4RL table)."""
-    normalize_observations: bool = True
+    normalize_observations: bool = field(default=True, metadata=roles("architecture"))
     """Standardise observations with the dataset's mean and std (also at evaluation)."""
     reward_transform: RewardTransform = "none"
     """none, zscore, locomotion (1000/(max_ret-min_ret)), cql_antmaze ((r-0.5)*4), corl_antmaze (10r-5), antmaze (r-1)."""
@@ -112,11 +146,11 @@ class TrainConfig:
     """Offline model selection: stop after this many evaluation blocks in a row whose selection loss rose (0: off)."""
     keep_eval_checkpoints: bool = True
     """Save the agent's weights at every evaluation (for offline model selection)."""
-    num_threads: int = 0
+    num_threads: int = field(default=0, metadata=roles("resumable"))
     """torch CPU threads (0: torch's default)."""
-    progress: bool = True
+    progress: bool = field(default=True, metadata=roles("resumable", "per_seed", "set_by_sweep"))
     """Show progress bars."""
-    save_traces: bool = True
+    save_traces: bool = field(default=True, metadata=roles("resumable"))
     """Save each evaluation's episodes (observations, actions, rewards, end reasons) to traces.npz/json."""
 
     def validate(self) -> None:
@@ -196,12 +230,14 @@ def config_dict(config: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def _check_resume_config(saved: dict[str, Any], current: dict[str, Any]) -> None:
+def _check_resume_config(
+    saved: dict[str, Any], current: dict[str, Any], resumable: frozenset[str]
+) -> None:
     current = json.loads(json.dumps(current, default=str))  # as saved: tuples read back as lists
     changed = sorted(
         k
         for k in set(saved) | set(current)
-        if k not in RESUMABLE_KEYS and saved.get(k) != current.get(k)
+        if k not in resumable and saved.get(k) != current.get(k)
     )
     if changed:
         detail = ", ".join(
@@ -298,7 +334,7 @@ def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -
                 f"run directory {run.path} already holds a run; pass --resume to continue it "
                 "or choose another --out-dir/--run-dir"
             )
-        _check_resume_config(saved_config, current)
+        _check_resume_config(saved_config, current, fields_with_role(type(config), "resumable"))
         if run.is_complete():
             return run.result()
     run.ensure_writable()

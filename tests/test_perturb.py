@@ -185,7 +185,8 @@ def test_trade_varies_candidates_and_reports_latency_against_score(trained_run, 
     assert "num_candidates" in (out / "speed.md").read_text()
 
 
-def test_run_directory_records_latency_with_speed_knobs(trained_run):
+def test_dql_latency_records_latency_with_speed_knobs(trained_run):
+    assert dql_main(["latency", str(trained_run)]) == 0
     latency = json.loads((trained_run / "latency.json").read_text())
     assert latency["knobs"] == {"num_candidates": 16}
     for batch in ("1", "10"):
