@@ -666,8 +666,7 @@ class RayBackend:
                 "the ray backend needs Ray: pip install 'ray[default]' (or pip install -e '.[ray]')"
             ) from None
         self.ray = ray
-        if not ray.is_initialized():
-            _check_reachable(address)
+        if not ray.is_initialized():  # run_sweep checked the address is reachable
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
             except Exception as exc:  # unreachable cluster, bad address
@@ -846,9 +845,10 @@ def run_sweep(
 
     report = SweepReport(out, {})
     to_run: list[RunSpec] = []
+    previous_runs = _previous_runs(out)
     for spec in runs:
         state = run_state(spec.run_dir)
-        previous = _previous_record(out, spec.key)
+        previous = previous_runs.get(spec.key, {})
         if state == "complete":
             report.runs[spec.key] = _outcome(spec, "complete", **_scores(spec))
         elif state == "busy":
@@ -955,11 +955,11 @@ def _run_error(spec: RunSpec) -> str | None:
     return RunDirectory(spec.run_dir).status().get("error")
 
 
-def _previous_record(out: Path, key: str) -> dict[str, Any]:
-    """The run's entry in the last sweep_status.json (its error, attempts so far), or {}."""
+def _previous_runs(out: Path) -> dict[str, dict[str, Any]]:
+    """Run key -> its entry in the last sweep_status.json (error, attempts so far), or {}."""
     file = out / "sweep_status.json"
     with contextlib.suppress(Exception):
-        return dict(json.loads(file.read_text())["runs"][key])
+        return dict(json.loads(file.read_text())["runs"])
     return {}
 
 
