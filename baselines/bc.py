@@ -11,7 +11,7 @@ dataset is used whole (CORL's "%BC" top-fraction filter is not part of this base
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,10 +20,9 @@ import torch
 from dql.batched_seeds import per_seed
 from dql.buffer import Batch
 from dql.cli import run_cli
-from dql.errors import ConfigError
 from dql.nets import Precision, at_config_precision, make_optimizer
 from dql.policies_common import DeterministicActor, GaussianActor, observations_tensor
-from dql.training import TrainConfig, resolve_device, run_training
+from dql.training import TrainConfig, resolve_device, run_training, spec
 
 ALGORITHM = "bc"
 
@@ -34,19 +33,12 @@ class Config(TrainConfig):
 
     gaussian: bool = False
     """Fit a Gaussian policy by maximum likelihood instead of a deterministic one by MSE."""
-    lr: float = 3e-4
+    lr: float = field(default=3e-4, metadata=spec("> 0"))
     """Adam learning rate."""
-    hidden: tuple[int, ...] = (256, 256)
+    hidden: tuple[int, ...] = field(default=(256, 256), metadata=spec("widths"))
     """Hidden layer widths of the policy."""
     precision: Precision = "fp32"
     """fp32, or bf16: the training step's matmuls in bfloat16 (dql.nets.autocast); acting is fp32."""
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be > 0, got {self.lr}")
-        if not self.hidden or min(self.hidden) < 1:
-            raise ConfigError(f"--hidden must be positive widths, got {self.hidden}")
 
 
 class BC:

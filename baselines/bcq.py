@@ -21,7 +21,7 @@ the networks one sample at a time, which keeps the activations in cache; else as
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,6 @@ from torch import nn
 from dql.batched_seeds import per_seed
 from dql.buffer import Batch
 from dql.cli import run_cli
-from dql.errors import ConfigError
 from dql.nets import (
     CriticEnsemble,
     Precision,
@@ -41,7 +40,7 @@ from dql.nets import (
     polyak_update,
 )
 from dql.policies_common import frozen_copy, observations_tensor, one_pass_is_faster
-from dql.training import TrainConfig, resolve_device, run_training
+from dql.training import TrainConfig, resolve_device, run_training, spec
 
 ALGORITHM = "bcq"
 LATENT_CLIP = 0.5
@@ -55,43 +54,26 @@ class Config(TrainConfig):
     """Transitions per gradient step (the authors' 100)."""
     normalize_observations: bool = False
     """Standardise observations with the dataset's mean and std (the authors feed raw states)."""
-    phi: float = 0.05
+    phi: float = field(default=0.05, metadata=spec("[0, 2]"))
     """Largest perturbation of a generated action, as a fraction of max_action."""
-    lmbda: float = 0.75
+    lmbda: float = field(default=0.75, metadata=spec("[0, 1]"))
     """Soft clipped double Q: weight of the min over the two critics (1 - lmbda on the max)."""
-    num_sampled_actions: int = 10
+    num_sampled_actions: int = field(default=10, metadata=spec(">= 1"))
     """Generated actions per next state in the TD target."""
-    eval_sampled_actions: int = 100
+    eval_sampled_actions: int = field(default=100, metadata=spec(">= 1"))
     """Generated actions per state when acting (the one with the highest Q_1 is taken)."""
-    discount: float = 0.99
+    discount: float = field(default=0.99, metadata=spec("[0, 1]"))
     """Discount factor gamma."""
-    tau: float = 0.005
+    tau: float = field(default=0.005, metadata=spec("(0, 1]"))
     """Polyak rate of the target actor and critics."""
-    lr: float = 1e-3
+    lr: float = field(default=1e-3, metadata=spec("> 0"))
     """Adam learning rate of the VAE, the perturbation network and the critics."""
-    vae_hidden: tuple[int, ...] = (750, 750)
+    vae_hidden: tuple[int, ...] = field(default=(750, 750), metadata=spec("widths"))
     """Hidden layer widths of the VAE's encoder and decoder."""
-    hidden: tuple[int, ...] = (400, 300)
+    hidden: tuple[int, ...] = field(default=(400, 300), metadata=spec("widths"))
     """Hidden layer widths of the perturbation network and critics."""
     precision: Precision = "fp32"
     """fp32, or bf16: the training step's matmuls in bfloat16 (dql.nets.autocast); acting is fp32."""
-
-    def validate(self) -> None:
-        super().validate()
-        if not 0 <= self.phi <= 2:
-            raise ConfigError(f"--phi must be in [0, 2] (a fraction of max_action), got {self.phi}")
-        if not 0 <= self.lmbda <= 1:
-            raise ConfigError(f"--lmbda must be in [0, 1], got {self.lmbda}")
-        if self.num_sampled_actions < 1 or self.eval_sampled_actions < 1:
-            raise ConfigError("--num-sampled-actions and --eval-sampled-actions must be >= 1")
-        if not 0 <= self.discount <= 1:
-            raise ConfigError(f"--discount must be in [0, 1], got {self.discount}")
-        if not 0 < self.tau <= 1:
-            raise ConfigError(f"--tau must be in (0, 1], got {self.tau}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be > 0, got {self.lr}")
-        if not self.hidden or not self.vae_hidden or min(self.hidden + self.vae_hidden) < 1:
-            raise ConfigError("--hidden and --vae-hidden must be positive widths")
 
 
 class VAE(nn.Module):

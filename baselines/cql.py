@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -68,7 +68,7 @@ from dql.policies_common import (
     one_pass_is_faster,
     orthogonal_init_,
 )
-from dql.training import TrainConfig, resolve_device, run_training
+from dql.training import TrainConfig, resolve_device, run_training, spec
 
 ALGORITHM = "cql"
 
@@ -77,7 +77,7 @@ ALGORITHM = "cql"
 class Config(TrainConfig):
     """CQL(H) on a SAC backbone (Kumar et al. 2020)."""
 
-    cql_alpha: float = 10.0
+    cql_alpha: float = field(default=10.0, metadata=spec(">= 0"))
     """Weight of the conservative penalty (CORL: 10 on Gym locomotion, 5 with --lagrange on AntMaze, 1 on pen)."""
     lagrange: bool = False
     """Tune the penalty weight alpha' cql_alpha by dual gradient ascent toward --target-action-gap."""
@@ -89,62 +89,40 @@ class Config(TrainConfig):
     """Upper clip of each state's gap logsumexp Q - Q(s, a) in the penalty."""
     max_target_backup: bool = False
     """TD target with the best of --num-sampled-actions policy samples at s' (max over them of min_k Q'_k)."""
-    num_sampled_actions: int = 10
+    num_sampled_actions: int = field(default=10, metadata=spec(">= 1"))
     """Actions per proposal (uniform, pi(.|s), pi(.|s')) in the penalty's logsumexp, and in the max-target backup."""
-    cql_temperature: float = 1.0
+    cql_temperature: float = field(default=1.0, metadata=spec("> 0"))
     """Temperature of the penalty's logsumexp."""
-    discount: float = 0.99
+    discount: float = field(default=0.99, metadata=spec("[0, 1]"))
     """Discount factor gamma."""
-    tau: float = 0.005
+    tau: float = field(default=0.005, metadata=spec("(0, 1]"))
     """Polyak rate of the target critics."""
-    actor_lr: float = 3e-5
+    actor_lr: float = field(default=3e-5, metadata=spec("> 0"))
     """Adam learning rate of the policy (CORL: 3e-5 on Gym locomotion, 1e-4 on AntMaze)."""
-    critic_lr: float = 3e-4
+    critic_lr: float = field(default=3e-4, metadata=spec("> 0"))
     """Adam learning rate of the critics (and of log alpha' with --lagrange)."""
-    entropy_lr: float = 3e-5
+    entropy_lr: float = field(default=3e-5, metadata=spec("> 0"))
     """Adam learning rate of log alpha_H, the entropy temperature (CORL: the policy's)."""
-    initial_entropy_alpha: float = 1.0
+    initial_entropy_alpha: float = field(default=1.0, metadata=spec("> 0"))
     """Starting value of the entropy temperature alpha_H."""
     backup_entropy: bool = False
     """Subtract alpha_H log pi(a'|s') in the TD target (SAC's soft backup)."""
     orthogonal_init: bool = True
     """Orthogonal init of the critics (gain sqrt 2; 1e-2 for the output layer), as CORL's."""
-    actor_hidden: tuple[int, ...] = (256, 256, 256)
+    actor_hidden: tuple[int, ...] = field(default=(256, 256, 256), metadata=spec("widths"))
     """Hidden layer widths of the actor (CORL: 3 x 256)."""
-    hidden: tuple[int, ...] = (256, 256)
+    hidden: tuple[int, ...] = field(default=(256, 256), metadata=spec("widths"))
     """Hidden layer widths of the critics."""
     precision: Precision = "fp32"
     """fp32, or bf16: the training step's matmuls in bfloat16 (dql.nets.autocast); acting is fp32."""
 
     def validate(self) -> None:
         super().validate()
-        if not self.cql_alpha >= 0:
-            raise ConfigError(f"--cql-alpha must be >= 0, got {self.cql_alpha}")
-        if self.num_sampled_actions < 1:
-            raise ConfigError(f"--num-sampled-actions must be >= 1, got {self.num_sampled_actions}")
         if not self.cql_clip_diff_min < self.cql_clip_diff_max:
             raise ConfigError(
                 f"--cql-clip-diff-min must be below --cql-clip-diff-max, got "
                 f"{self.cql_clip_diff_min} and {self.cql_clip_diff_max}"
             )
-        if not self.cql_temperature > 0:
-            raise ConfigError(f"--cql-temperature must be > 0, got {self.cql_temperature}")
-        if not 0 <= self.discount <= 1:
-            raise ConfigError(f"--discount must be in [0, 1], got {self.discount}")
-        if not 0 < self.tau <= 1:
-            raise ConfigError(f"--tau must be in (0, 1], got {self.tau}")
-        if not (self.actor_lr > 0 and self.critic_lr > 0 and self.entropy_lr > 0):
-            raise ConfigError("--actor-lr, --critic-lr and --entropy-lr must be > 0")
-        if not self.initial_entropy_alpha > 0:
-            raise ConfigError(
-                f"--initial-entropy-alpha must be > 0, got {self.initial_entropy_alpha}"
-            )
-        for name in ("hidden", "actor_hidden"):
-            widths = getattr(self, name)
-            if not widths or min(widths) < 1:
-                raise ConfigError(
-                    f"--{name.replace('_', '-')} must be positive widths, got {widths}"
-                )
 
 
 class CQL:

@@ -27,7 +27,7 @@ Deliberate deviations:
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,6 @@ import torch
 from dql.batched_seeds import per_seed
 from dql.buffer import Batch
 from dql.cli import run_cli
-from dql.errors import ConfigError
 from dql.nets import (
     CriticEnsemble,
     Precision,
@@ -51,7 +50,7 @@ from dql.policies_common import (
     frozen_copy,
     observations_tensor,
 )
-from dql.training import TrainConfig, resolve_device, run_training
+from dql.training import TrainConfig, resolve_device, run_training, spec
 
 ALGORITHM = "iql"
 MAX_ADVANTAGE_WEIGHT = 100.0
@@ -61,41 +60,26 @@ MAX_ADVANTAGE_WEIGHT = 100.0
 class Config(TrainConfig):
     """IQL (Kostrikov et al. 2022)."""
 
-    expectile: float = 0.7
+    expectile: float = field(default=0.7, metadata=spec("(0, 1)"))
     """Expectile tau of the value regression, in (0, 1); 0.5 is the mean, near 1 the max."""
-    beta: float = 3.0
+    beta: float = field(default=3.0, metadata=spec(">= 0"))
     """Inverse temperature of the advantage weights exp(beta * A)."""
-    discount: float = 0.99
+    discount: float = field(default=0.99, metadata=spec("[0, 1]"))
     """Discount factor gamma."""
-    tau: float = 0.005
+    tau: float = field(default=0.005, metadata=spec("(0, 1]"))
     """Polyak rate of the target critics."""
-    actor_lr: float = 3e-4
+    actor_lr: float = field(default=3e-4, metadata=spec("> 0"))
     """Adam learning rate of the actor (decayed by a cosine over --steps)."""
-    critic_lr: float = 3e-4
+    critic_lr: float = field(default=3e-4, metadata=spec("> 0"))
     """Adam learning rate of the critics."""
-    value_lr: float = 3e-4
+    value_lr: float = field(default=3e-4, metadata=spec("> 0"))
     """Adam learning rate of the value network."""
     deterministic_actor: bool = False
     """Use a deterministic actor with weighted MSE instead of a Gaussian with weighted log-likelihood."""
-    hidden: tuple[int, ...] = (256, 256)
+    hidden: tuple[int, ...] = field(default=(256, 256), metadata=spec("widths"))
     """Hidden layer widths of actor, critics and value network."""
     precision: Precision = "fp32"
     """fp32, or bf16: the training step's matmuls in bfloat16 (dql.nets.autocast); acting is fp32."""
-
-    def validate(self) -> None:
-        super().validate()
-        if not 0 < self.expectile < 1:
-            raise ConfigError(f"--expectile must be in (0, 1), got {self.expectile}")
-        if not self.beta >= 0:
-            raise ConfigError(f"--beta must be >= 0, got {self.beta}")
-        if not 0 <= self.discount <= 1:
-            raise ConfigError(f"--discount must be in [0, 1], got {self.discount}")
-        if not 0 < self.tau <= 1:
-            raise ConfigError(f"--tau must be in (0, 1], got {self.tau}")
-        if not (self.actor_lr > 0 and self.critic_lr > 0 and self.value_lr > 0):
-            raise ConfigError("--actor-lr, --critic-lr and --value-lr must be > 0")
-        if not self.hidden or min(self.hidden) < 1:
-            raise ConfigError(f"--hidden must be positive widths, got {self.hidden}")
 
 
 def expectile_loss(residual: torch.Tensor, expectile: float) -> torch.Tensor:

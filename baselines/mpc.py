@@ -28,7 +28,7 @@ left out, so this is the plain planner), acting with mu[0] rather than the best 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -39,7 +39,7 @@ from dql.buffer import Batch, ReplayBuffer
 from dql.cli import run_cli
 from dql.errors import ConfigError
 from dql.nets import Activation, EnsembleMLP, make_optimizer
-from dql.training import TrainConfig, resolve_device, run_training
+from dql.training import TrainConfig, resolve_device, run_training, spec
 
 ALGORITHM = "mpc"
 Planner = Literal["cem", "mppi"]
@@ -54,34 +54,34 @@ class Config(TrainConfig):
     eval_interval: int = 25_000
     """Evaluate every this many steps (planning is costly)."""
     # ---- model
-    ensemble_size: int = 5
+    ensemble_size: int = field(default=5, metadata=spec(">= 1"))
     """Dynamics models K in the ensemble."""
-    hidden: tuple[int, ...] = (256, 256, 256)
+    hidden: tuple[int, ...] = field(default=(256, 256, 256), metadata=spec("widths"))
     """Hidden widths of each member."""
     activation: Activation = "relu"
     """Hidden activation (relu, mish, tanh, elu, gelu)."""
-    learning_rate: float = 1e-3
+    learning_rate: float = field(default=1e-3, metadata=spec("> 0"))
     """Adam learning rate of the ensemble."""
-    weight_decay: float = 1e-5
+    weight_decay: float = field(default=1e-5, metadata=spec(">= 0"))
     """Adam L2 weight decay."""
     # ---- planning (can change at test time without retraining)
     planner: Planner = "cem"
     """cem or mppi."""
-    plan_horizon: int = 15
+    plan_horizon: int = field(default=15, metadata=spec(">= 1"))
     """Steps H of each action sequence."""
-    population: int = 400
+    population: int = field(default=400, metadata=spec(">= 1"))
     """Candidate sequences per iteration."""
-    elites: int = 40
+    elites: int = field(default=40, metadata=spec(">= 1"))
     """CEM: sequences the distribution is refitted to."""
-    iterations: int = 4
+    iterations: int = field(default=4, metadata=spec(">= 1"))
     """Refits of the sampling distribution per decision."""
-    init_std: float = 0.5
+    init_std: float = field(default=0.5, metadata=spec("> 0"))
     """Initial sampling std, as a fraction of max_action."""
-    momentum: float = 0.1
+    momentum: float = field(default=0.1, metadata=spec("[0, 1)"))
     """CEM: weight of the previous mean/std in each refit."""
-    temperature: float = 0.5
+    temperature: float = field(default=0.5, metadata=spec("> 0"))
     """MPPI: softmax temperature, in units of the candidates' return std."""
-    discount: float = 0.99
+    discount: float = field(default=0.99, metadata=spec("[0, 1]"))
     """Discount of the planned return."""
 
     def __post_init__(self) -> None:
@@ -89,21 +89,10 @@ class Config(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("ensemble_size", "plan_horizon", "population", "elites", "iterations"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
         if self.elites > self.population:
             raise ConfigError(
                 f"--elites ({self.elites}) must not exceed --population ({self.population})"
             )
-        if not self.hidden or min(self.hidden) < 1:
-            raise ConfigError(f"--hidden must be positive widths, got {self.hidden}")
-        if self.learning_rate <= 0 or self.weight_decay < 0:
-            raise ConfigError("--learning-rate must be > 0 and --weight-decay >= 0")
-        if self.init_std <= 0 or self.temperature <= 0 or not 0 <= self.momentum < 1:
-            raise ConfigError("--init-std and --temperature must be > 0, --momentum in [0, 1)")
-        if not 0 <= self.discount <= 1:
-            raise ConfigError(f"--discount must be in [0, 1], got {self.discount}")
 
 
 class ModelPredictiveControl:

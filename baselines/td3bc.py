@@ -17,7 +17,7 @@ second step) so that logged averages are not halved.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,6 @@ import torch
 from dql.batched_seeds import per_seed
 from dql.buffer import Batch
 from dql.cli import run_cli
-from dql.errors import ConfigError
 from dql.nets import (
     CriticEnsemble,
     Precision,
@@ -35,7 +34,7 @@ from dql.nets import (
     polyak_update,
 )
 from dql.policies_common import DeterministicActor, frozen_copy, observations_tensor
-from dql.training import TrainConfig, resolve_device, run_training
+from dql.training import TrainConfig, resolve_device, run_training, spec
 
 ALGORITHM = "td3bc"
 
@@ -44,43 +43,26 @@ ALGORITHM = "td3bc"
 class Config(TrainConfig):
     """TD3+BC (Fujimoto & Gu 2021)."""
 
-    alpha: float = 2.5
+    alpha: float = field(default=2.5, metadata=spec(">= 0"))
     """BC trade-off: lambda = alpha / mean |Q| weighs the Q term against the BC term."""
-    discount: float = 0.99
+    discount: float = field(default=0.99, metadata=spec("[0, 1]"))
     """Discount factor gamma."""
-    tau: float = 0.005
+    tau: float = field(default=0.005, metadata=spec("(0, 1]"))
     """Polyak rate of the target actor and critics."""
-    policy_noise: float = 0.2
+    policy_noise: float = field(default=0.2, metadata=spec(">= 0"))
     """Std of the target policy smoothing noise, as a fraction of max_action."""
-    noise_clip: float = 0.5
+    noise_clip: float = field(default=0.5, metadata=spec(">= 0"))
     """Clip of the target policy smoothing noise, as a fraction of max_action."""
-    policy_delay: int = 2
+    policy_delay: int = field(default=2, metadata=spec(">= 1"))
     """Update the actor and the targets every this many critic updates."""
-    actor_lr: float = 3e-4
+    actor_lr: float = field(default=3e-4, metadata=spec("> 0"))
     """Adam learning rate of the actor."""
-    critic_lr: float = 3e-4
+    critic_lr: float = field(default=3e-4, metadata=spec("> 0"))
     """Adam learning rate of the critics."""
-    hidden: tuple[int, ...] = (256, 256)
+    hidden: tuple[int, ...] = field(default=(256, 256), metadata=spec("widths"))
     """Hidden layer widths of actor and critics."""
     precision: Precision = "fp32"
     """fp32, or bf16: the training step's matmuls in bfloat16 (dql.nets.autocast); acting is fp32."""
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.alpha >= 0:
-            raise ConfigError(f"--alpha must be >= 0, got {self.alpha}")
-        if not 0 <= self.discount <= 1:
-            raise ConfigError(f"--discount must be in [0, 1], got {self.discount}")
-        if not 0 < self.tau <= 1:
-            raise ConfigError(f"--tau must be in (0, 1], got {self.tau}")
-        if self.policy_noise < 0 or self.noise_clip < 0:
-            raise ConfigError("--policy-noise and --noise-clip must be >= 0")
-        if self.policy_delay < 1:
-            raise ConfigError(f"--policy-delay must be >= 1, got {self.policy_delay}")
-        if not (self.actor_lr > 0 and self.critic_lr > 0):
-            raise ConfigError("--actor-lr and --critic-lr must be > 0")
-        if not self.hidden or min(self.hidden) < 1:
-            raise ConfigError(f"--hidden must be positive widths, got {self.hidden}")
 
 
 class TD3BC:

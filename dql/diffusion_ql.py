@@ -79,7 +79,7 @@ from __future__ import annotations
 import copy
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -100,7 +100,7 @@ from dql.nets import (
     make_optimizer,
     polyak_update,
 )
-from dql.training import TrainConfig, resolve_device, run_training
+from dql.training import TrainConfig, resolve_device, run_training, spec
 
 ALGORITHM = "diffusion_ql"
 ActionSelection = Literal["softmax", "argmax"]
@@ -119,43 +119,43 @@ class DiffusionQLConfig(TrainConfig):
     """L_q through the whole reverse chain (chain, the paper) or EDP's one-step action approximation (approx)."""
     normalize_observations: bool = False
     """Standardise observations with the dataset's mean and std (public code: raw states)."""
-    eta: float = 1.0
+    eta: float = field(default=1.0, metadata=spec(">= 0"))
     """Weight of the Q term in the actor loss (0 = Diffusion-BC)."""
-    lr: float = 3e-4
+    lr: float = field(default=3e-4, metadata=spec("> 0"))
     """Actor (diffusion model) learning rate."""
-    critic_lr: float = 3e-4
+    critic_lr: float = field(default=3e-4, metadata=spec("> 0"))
     """Critic learning rate."""
-    discount: float = 0.99
+    discount: float = field(default=0.99, metadata=spec("[0, 1]"))
     """Discount gamma (0: a contextual bandit, the critic regresses on r)."""
-    tau: float = 0.005
+    tau: float = field(default=0.005, metadata=spec("(0, 1]"))
     """Polyak rate of the target critics."""
-    n_timesteps: int = 5
+    n_timesteps: int = field(default=5, metadata=spec(">= 1"))
     """T, the number of diffusion steps."""
     beta_schedule: BetaSchedule = "vp"
     """Noise schedule: vp, linear or cosine."""
-    ema_decay: float = 0.995
+    ema_decay: float = field(default=0.995, metadata=spec("[0, 1)"))
     """Decay of the EMA actor that produces the target actions."""
-    step_start_ema: int = 1000
+    step_start_ema: int = field(default=1000, metadata=spec(">= 0"))
     """Gradient step from which the EMA actor averages (before: a copy of the actor)."""
-    update_ema_every: int = 5
+    update_ema_every: int = field(default=5, metadata=spec(">= 1"))
     """Update the EMA actor every this many gradient steps."""
     max_q_backup: bool = False
     """Target = min over critics of the max over NUM_BACKUP_ACTIONS sampled next actions."""
-    num_backup_actions: int = 10
+    num_backup_actions: int = field(default=10, metadata=spec(">= 1"))
     """Next actions per next state for --max-q-backup."""
     grad_norm: float = 5.0
     """Clip actor and critic gradient norms to this (<= 0: no clipping; per task in the table)."""
     lr_decay: bool = False
     """Cosine-anneal both learning rates to 0 over STEPS (off: constant, as the public code in effect)."""
-    num_candidates: int = 50
+    num_candidates: int = field(default=50, metadata=spec(">= 1"))
     """Actions sampled per state at evaluation, scored by the target critics' min-Q."""
     action_selection: ActionSelection = "softmax"
     """Pick among the candidates by softmax over Q (public code) or argmax."""
     act_with_ema: bool = False
     """Evaluate the EMA actor instead of the actor (public code: the actor)."""
-    hidden_dim: int = 256
+    hidden_dim: int = field(default=256, metadata=spec(">= 1"))
     """Width of the denoiser's and the critics' three hidden layers."""
-    time_dim: int = 16
+    time_dim: int = field(default=16, metadata=spec(">= 4"))
     """Width of the denoiser's sinusoidal time embedding (public code: 16; its toy: 4)."""
     compile: bool = True
     """Compile the training step with torch.compile (runs of at least 20k steps; same maths)."""
@@ -164,28 +164,8 @@ class DiffusionQLConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not self.eta >= 0:
-            raise ConfigError(f"--eta must be >= 0 (0 is Diffusion-BC), got {self.eta}")
-        for name in ("lr", "critic_lr"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(
-                    f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}"
-                )
-        if not 0 <= self.discount <= 1:
-            raise ConfigError(f"--discount must be in [0, 1], got {self.discount}")
-        if not 0 < self.tau <= 1:
-            raise ConfigError(f"--tau must be in (0, 1], got {self.tau}")
-        if not 0 <= self.ema_decay < 1:
-            raise ConfigError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
-        positive = ("n_timesteps", "update_ema_every", "num_backup_actions", "num_candidates")
-        for name in (*positive, "hidden_dim", "time_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        if self.time_dim < 4 or self.time_dim % 2:
+        if self.time_dim % 2:  # sine and cosine halves of the embedding
             raise ConfigError(f"--time-dim must be even and >= 4, got {self.time_dim}")
-        if self.step_start_ema < 0:
-            raise ConfigError(f"--step-start-ema must be >= 0, got {self.step_start_ema}")
 
 
 Config = DiffusionQLConfig

@@ -22,7 +22,6 @@ import random
 import signal
 import sys
 import time
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,14 @@ from tqdm.auto import tqdm
 
 import dql
 from dql.buffer import Batch, ReplayBuffer
+from dql.config_fields import (  # noqa: F401  (re-exported: the protocol's helpers)
+    check_fields,
+    fields_with_role,
+    literal_choices,
+    result_neutral_fields,
+    roles,
+    spec,
+)
 from dql.data import (
     ObservationNormalizer,
     RewardTransform,
@@ -53,42 +60,6 @@ from dql.runs import (
     safe_torch_load,
 )
 
-# What a config field is, for the core, declared on the field as `metadata=roles(...)`.
-FIELD_ROLES = {
-    "resumable": "may differ between a run and its resumption (where it runs, how it reports)",
-    "per_seed": "may differ between the seeds of one batched group",
-    "set_by_sweep": "set by a sweep itself, refused in a sweep file",
-    "architecture": "fixes the shapes or meaning of trained weights",
-}
-
-
-def roles(*names: str) -> dict[str, frozenset[str]]:
-    """Field metadata declaring a config field's roles (keys of FIELD_ROLES)."""
-    unknown = set(names) - set(FIELD_ROLES)
-    assert not unknown, f"unknown field roles {unknown}"
-    return {"roles": frozenset(names)}
-
-
-def fields_with_role(config_class: type, role: str) -> frozenset[str]:
-    """Names of the fields of a config dataclass that declare `role`, here or in a base class (a
-    subclass that only changes a field's default keeps the field's roles)."""
-    assert role in FIELD_ROLES, role
-    names = {f.name for f in dataclasses.fields(config_class)}
-    return frozenset(
-        f.name
-        for cls in config_class.__mro__
-        if dataclasses.is_dataclass(cls)
-        for f in dataclasses.fields(cls)
-        if f.name in names and role in f.metadata.get("roles", ())
-    )
-
-
-def result_neutral_fields(config_class: type) -> frozenset[str]:
-    """Fields that do not change what a run computes: runs differing only there are seeds of
-    one configuration."""
-    return fields_with_role(config_class, "resumable") | fields_with_role(config_class, "per_seed")
-
-
 # What a training checkpoint (checkpoints/last.pt) must hold to be resumed from.
 CHECKPOINT_KEYS = (
     *("agent", "buffer", "torch_rng", "numpy_rng", "loop", "accum", "accum_count", "block"),
@@ -102,21 +73,21 @@ class TrainConfig:
 
     dataset: str = field(default="local/hopper/medium-v0", metadata=roles("set_by_sweep"))
     """Minari dataset id (local store, $MINARI_DATASETS_PATH), Minari dataset directory, or D4RL .hdf5 file."""
-    seed: int = field(default=0, metadata=roles("per_seed", "set_by_sweep"))
+    seed: int = field(default=0, metadata=spec(">= 0", roles=("per_seed", "set_by_sweep")))
     """Seed of network init, batch sampling and the algorithm's noise."""
-    steps: int = 1_000_000
+    steps: int = field(default=1_000_000, metadata=spec(">= 1"))
     """Gradient steps to train for."""
-    batch_size: int = 256
+    batch_size: int = field(default=256, metadata=spec(">= 1"))
     """Transitions per gradient step."""
-    eval_interval: int = 50_000
+    eval_interval: int = field(default=50_000, metadata=spec(">= 1"))
     """Evaluate every this many steps (and at the last step)."""
-    eval_episodes: int = 10
+    eval_episodes: int = field(default=10, metadata=spec(">= 1"))
     """Episodes per evaluation, run in parallel."""
-    eval_seed: int = 10_000
+    eval_seed: int = field(default=10_000, metadata=spec(">= 0"))
     """Reset seed of the first evaluation episode (the same at every evaluation)."""
-    log_interval: int = 1000
+    log_interval: int = field(default=1000, metadata=spec(">= 1"))
     """Log training metrics every this many steps (the only host syncs of the loop)."""
-    checkpoint_interval: int = 10_000
+    checkpoint_interval: int = field(default=10_000, metadata=spec(">= 1"))
     """Save a resumable checkpoint every this many steps."""
     device: str = field(default="auto", metadata=roles("resumable"))
     """cpu, cuda, cuda:N, or auto (cuda when available)."""
@@ -140,9 +111,9 @@ class TrainConfig:
     """Standardise observations with the dataset's mean and std (also at evaluation)."""
     reward_transform: RewardTransform = "none"
     """none, zscore, locomotion (1000/(max_ret-min_ret)), cql_antmaze ((r-0.5)*4), corl_antmaze (10r-5), antmaze (r-1)."""
-    max_episode_steps: int | None = None
+    max_episode_steps: int | None = field(default=None, metadata=spec(">= 1"))
     """Override the evaluation env's time limit."""
-    early_stop_patience: int = 0
+    early_stop_patience: int = field(default=0, metadata=spec(">= 0"))
     """Offline model selection: stop after this many evaluation blocks in a row whose selection loss rose (0: off)."""
     keep_eval_checkpoints: bool = True
     """Save the agent's weights at every evaluation (for offline model selection)."""
@@ -154,40 +125,9 @@ class TrainConfig:
     """Save each evaluation's episodes (observations, actions, rewards, end reasons) to traces.npz/json."""
 
     def validate(self) -> None:
-        """Refuse nonsensical numbers before any work starts. Subclasses extend this."""
-        positive = ["steps", "batch_size", "eval_interval", "eval_episodes", "log_interval"]
-        positive.append("checkpoint_interval")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(
-                    f"--{name.replace('_', '-')} must be a positive integer, got {value}"
-                )
-        if self.early_stop_patience < 0:
-            raise ConfigError(f"--early-stop-patience must be >= 0, got {self.early_stop_patience}")
-        for name in ("seed", "eval_seed"):  # Gymnasium refuses negative reset seeds
-            if getattr(self, name) < 0:
-                raise ConfigError(
-                    f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}"
-                )
-        if self.max_episode_steps is not None and self.max_episode_steps <= 0:
-            raise ConfigError(f"--max-episode-steps must be positive, got {self.max_episode_steps}")
-        for name, choices in literal_choices(type(self)).items():  # every Literal field
-            if getattr(self, name) not in choices:
-                raise ConfigError(
-                    f"--{name.replace('_', '-')} must be one of {', '.join(map(str, choices))}, "
-                    f"got {getattr(self, name)!r}"
-                )
-
-
-def literal_choices(config_class: type) -> dict[str, tuple[Any, ...]]:
-    """The allowed values of each `Literal`-typed field of a config dataclass (tyro lists them)."""
-    hints = typing.get_type_hints(config_class)
-    return {
-        f.name: typing.get_args(hints[f.name])
-        for f in dataclasses.fields(config_class)
-        if typing.get_origin(hints[f.name]) is typing.Literal
-    }
+        """Refuse nonsensical values before any work starts: every field's declared range and
+        choices (dql.config_fields). Subclasses add the checks that relate fields."""
+        check_fields(self)
 
 
 class Agent(Protocol):

@@ -1,4 +1,5 @@
-"""Config fields declare their roles as metadata; the core reads them instead of key lists."""
+"""Config fields declare their roles and ranges as metadata; the core reads them instead of key
+lists and per-file range checks."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 
 import pytest
 
-from baselines import bcq, diffuser, td3bc
+from baselines import bcq, diffuser, mpc, td3bc
+from dql import diffusion_ql
+from dql.config_fields import field_ranges
 from dql.errors import ConfigError
 from dql.tables import config_hash
 from dql.training import _check_resume_config, fields_with_role, result_neutral_fields
@@ -42,3 +45,33 @@ def test_a_subclass_that_changes_a_default_keeps_the_fields_roles():
     assert "seed" in result_neutral_fields(bcq.Config)
     assert "dataset" in fields_with_role(bcq.Config, "set_by_sweep")
     assert "dataset" not in fields_with_role(bcq.Config, "per_seed")
+
+
+RANGE_CASES = [  # (config class, field, a value just outside, the message)
+    (td3bc.Config, "tau", 0.0, "--tau must be in (0, 1], got 0.0"),
+    (td3bc.Config, "discount", 1.01, "--discount must be in [0, 1], got 1.01"),
+    (td3bc.Config, "hidden", (256, 0), "--hidden must be positive widths, got (256, 0)"),
+    (td3bc.Config, "steps", 2.5, "--steps must be a positive integer, got 2.5"),
+    (bcq.Config, "batch_size", 0, "--batch-size must be a positive integer, got 0"),
+    (bcq.Config, "phi", 2.5, "--phi must be in [0, 2], got 2.5"),
+    (diffusion_ql.DiffusionQLConfig, "ema_decay", 1.0, "--ema-decay must be in [0, 1), got 1.0"),
+    (diffusion_ql.DiffusionQLConfig, "time_dim", 2, "--time-dim must be >= 4, got 2"),
+    (mpc.Config, "steps", 0, "--steps must be a positive integer, got 0"),
+]
+
+
+@pytest.mark.parametrize("config_class, name, value, message", RANGE_CASES)
+def test_declared_ranges_refuse_the_value_just_outside(config_class, name, value, message):
+    config_class().validate()  # the defaults are inside
+    with pytest.raises(ConfigError) as refused:
+        config_class(**{name: value}).validate()
+    assert str(refused.value) == message
+
+
+def test_ranges_keep_their_bounds_and_none_where_a_field_allows_it():
+    td3bc.Config(tau=1.0, discount=0.0, alpha=0.0, max_episode_steps=None).validate()
+    # BCQ and MPC redeclare batch_size / steps with other defaults: the range stays declared.
+    assert field_ranges(bcq.Config)["batch_size"] == ">= 1"
+    assert field_ranges(mpc.Config)["steps"] == ">= 1"
+    with pytest.raises(ConfigError, match="--max-episode-steps must be a positive integer"):
+        td3bc.Config(max_episode_steps=0).validate()

@@ -1,0 +1,158 @@
+"""What a config field is and which values it takes, declared on the field and read by the core.
+
+    steps: int = field(default=1_000_000, metadata=spec(">= 1"))
+    tau: float = field(default=0.005, metadata=spec("(0, 1]"))
+    seed: int = field(default=0, metadata=spec(">= 0", roles=("per_seed", "set_by_sweep")))
+    hidden: tuple[int, ...] = field(default=(256, 256), metadata=spec("widths"))
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+Ranges: "> x", ">= x", the intervals "[a, b]", "(a, b]", "[a, b)", "(a, b)", and "widths" (a
+non-empty tuple of positive integers); None passes where the field allows None. Choices are
+`Literal` annotations (tyro lists them in --help and refuses others). `check_fields(config)`
+applies both with one message format; `TrainConfig.validate` calls it, so an algorithm's own
+`validate` keeps only the checks that relate fields to each other. Roles (FIELD_ROLES) tell the
+core how a field behaves across resumption, batched seeds, sweeps and checkpoints. A subclass that
+redeclares a field only to change its default keeps the base declaration's range and roles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+from dql.errors import ConfigError
+
+FIELD_ROLES = {
+    "resumable": "may differ between a run and its resumption (where it runs, how it reports)",
+    "per_seed": "may differ between the seeds of one batched group",
+    "set_by_sweep": "set by a sweep itself, refused in a sweep file",
+    "architecture": "fixes the shapes or meaning of trained weights",
+}
+_BOUND = re.compile(r"(>=|>)\s*(-?[\d.e+-]+)")
+_INTERVAL = re.compile(r"([\[(])\s*(-?[\d.e+-]+),\s*(-?[\d.e+-]+)\s*([\])])")
+
+
+def spec(allowed: str | None = None, *, roles: Sequence[str] = ()) -> dict[str, Any]:
+    """Field metadata: the field's allowed range (see the module docstring) and its roles."""
+    unknown = set(roles) - set(FIELD_ROLES)
+    assert not unknown, f"unknown field roles {unknown}"
+    assert allowed is None or allowed == "widths" or _parse(allowed), f"bad range {allowed!r}"
+    meta: dict[str, Any] = {"roles": frozenset(roles)} if roles else {}
+    return {**meta, "range": allowed} if allowed else meta
+
+
+def roles(*names: str) -> dict[str, Any]:
+    """Field metadata declaring only roles."""
+    return spec(roles=names)
+
+
+def _declared(config_class: type) -> dict[str, dict[str, Any]]:
+    """Field name -> its metadata, merged from the base class down (later declarations add)."""
+    merged: dict[str, dict[str, Any]] = {f.name: {} for f in dataclasses.fields(config_class)}
+    for cls in reversed(config_class.__mro__):
+        if dataclasses.is_dataclass(cls):
+            for f in dataclasses.fields(cls):
+                if f.name in merged:
+                    merged[f.name].update(f.metadata)
+    return merged
+
+
+def fields_with_role(config_class: type, role: str) -> frozenset[str]:
+    """Names of the fields of a config dataclass that declare `role`."""
+    assert role in FIELD_ROLES, role
+    return frozenset(
+        name for name, meta in _declared(config_class).items() if role in meta.get("roles", ())
+    )
+
+
+def result_neutral_fields(config_class: type) -> frozenset[str]:
+    """Fields that do not change what a run computes: runs differing only there are seeds of
+    one configuration."""
+    return fields_with_role(config_class, "resumable") | fields_with_role(config_class, "per_seed")
+
+
+def literal_choices(config_class: type) -> dict[str, tuple[Any, ...]]:
+    """The allowed values of each `Literal`-typed field of a config dataclass."""
+    hints = typing.get_type_hints(config_class)
+    return {
+        f.name: typing.get_args(hints[f.name])
+        for f in dataclasses.fields(config_class)
+        if typing.get_origin(hints[f.name]) is typing.Literal
+    }
+
+
+def field_ranges(config_class: type) -> dict[str, str]:
+    """Field name -> its declared range."""
+    return {n: m["range"] for n, m in _declared(config_class).items() if m.get("range")}
+
+
+def check_fields(config: Any) -> None:
+    """Refuse, in one line naming the flag, a value outside its field's range or choices."""
+    config_class = type(config)
+    hints = typing.get_type_hints(config_class)
+    for name, allowed in field_ranges(config_class).items():
+        value = getattr(config, name)
+        if value is None and _allows_none(hints[name]):
+            continue
+        if not _within(value, allowed, integer=int in _base_types(hints[name])):
+            raise ConfigError(
+                f"--{_flag(name)} must be {_describe(allowed, hints[name])}, got {value!r}"
+            )
+    for name, choices in literal_choices(config_class).items():
+        if getattr(config, name) not in choices:
+            raise ConfigError(
+                f"--{_flag(name)} must be one of {', '.join(map(str, choices))}, "
+                f"got {getattr(config, name)!r}"
+            )
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _parse(allowed: str) -> tuple[float, float, bool, bool] | None:
+    """(low, high, low inclusive, high inclusive) of a range text."""
+    if m := _BOUND.fullmatch(allowed.strip()):
+        return float(m[2]), float("inf"), m[1] == ">=", False
+    if m := _INTERVAL.fullmatch(allowed.strip()):
+        return float(m[2]), float(m[3]), m[1] == "[", m[4] == "]"
+    return None
+
+
+def _within(value: Any, allowed: str, integer: bool) -> bool:
+    if allowed == "widths":
+        return (
+            isinstance(value, (tuple, list))
+            and len(value) > 0
+            and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in value)
+        )
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if integer and not isinstance(value, int):
+        return False
+    low, high, low_in, high_in = _parse(allowed)  # type: ignore[misc]
+    above = value >= low if low_in else value > low
+    below = value <= high if high_in else value < high
+    return above and below
+
+
+def _describe(allowed: str, annotation: Any) -> str:
+    if allowed == "widths":
+        return "positive widths"
+    if allowed.replace(" ", "") == ">=1" and int in _base_types(annotation):
+        return "a positive integer"
+    return allowed if allowed[0] in "<>" else f"in {allowed}"
+
+
+def _base_types(annotation: Any) -> set[Any]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return set(typing.get_args(annotation))
+    return {annotation}
+
+
+def _allows_none(annotation: Any) -> bool:
+    return type(None) in _base_types(annotation)
