@@ -98,6 +98,7 @@ from dql.training import (
     roles,
     run_training,
     seed_everything,
+    spec,
 )
 
 ALGORITHM = "diffuser"
@@ -124,12 +125,12 @@ class Config(TrainConfig):
     # ---- model
     horizon: int = field(default=32, metadata=roles("architecture"))
     """Trajectory length H the models are trained on (divisible by 2^(levels-1))."""
-    diffusion_steps: int = field(default=20, metadata=roles("architecture"))
+    diffusion_steps: int = field(default=20, metadata=spec(">= 1", roles=("architecture",)))
     """Denoising steps T (cosine schedule)."""
-    base_channels: int = field(default=32, metadata=roles("architecture"))
+    base_channels: int = field(default=32, metadata=spec(">= 1", roles=("architecture",)))
     """U-Net channels at the first level."""
     channel_multipliers: tuple[int, ...] = field(
-        default=(1, 2, 4, 8), metadata=roles("architecture")
+        default=(1, 2, 4, 8), metadata=spec("widths", roles=("architecture",))
     )
     """Channel multiplier per U-Net level; the time axis halves between levels."""
     trajectory_normalizer: NormalizerKind = field(
@@ -138,39 +139,39 @@ class Config(TrainConfig):
     """Per-dimension normalisation of states and actions: gaussian (z-score) or limits ([-1, 1])."""
     clip_denoised: bool = field(default=False, metadata=roles("architecture"))
     """Clip the predicted x0 to [-1, 1] at every reverse step (use with limits)."""
-    goal_size: int = field(default=0, metadata=roles("architecture"))
+    goal_size: int = field(default=0, metadata=spec(">= 0", roles=("architecture",)))
     """Goal-env observations: size G of achieved_goal/desired_goal at the end of the flattened observation (0: none)."""
     # ---- training
-    learning_rate: float = 2e-4
+    learning_rate: float = field(default=2e-4, metadata=spec("> 0"))
     """Adam learning rate of the diffusion and value models."""
-    action_weight: float = 10.0
+    action_weight: float = field(default=10.0, metadata=spec(">= 0"))
     """Loss weight of the first action's channels."""
-    ema_decay: float = 0.995
+    ema_decay: float = field(default=0.995, metadata=spec("[0, 1)"))
     """EMA decay of the weights used for planning."""
-    ema_every: int = 10
+    ema_every: int = field(default=10, metadata=spec(">= 1"))
     """Update the EMA every this many steps."""
-    ema_start: int = 2000
+    ema_start: int = field(default=2000, metadata=spec(">= 0"))
     """Before this step the EMA copies the weights."""
     train_value: bool = field(default=True, metadata=roles("architecture"))
     """Train the value model used for guidance and plan ranking."""
-    discount: float = 0.997
+    discount: float = field(default=0.997, metadata=spec("[0, 1]"))
     """Discount gamma of the value model's return-to-go target (the published plan config's 0.997)."""
     termination_penalty: float = -100.0
     """Added to the reward of terminal steps in the value target."""
     # ---- planning (all of these can change at test time without retraining)
     conditioning: Conditioning = "auto"
     """Inpainted states: start (s_0), goal (s_0 and the goal at H-1), auto (goal iff --goal-size > 0)."""
-    plan_horizon: int = 0
+    plan_horizon: int = field(default=0, metadata=spec(">= 0"))
     """Planning horizon (0: --horizon); the U-Net is convolutional, so any multiple of 2^(levels-1)."""
-    num_plans: int = 64
+    num_plans: int = field(default=64, metadata=spec(">= 1"))
     """Plans sampled per decision; the one with the highest value is executed."""
-    guidance_scale: float = 0.1
+    guidance_scale: float = field(default=0.1, metadata=spec(">= 0"))
     """Value-gradient step size g (0: no guidance)."""
-    guidance_steps: int = 2
+    guidance_steps: int = field(default=2, metadata=spec(">= 1"))
     """Gradient steps per denoising step."""
-    guidance_stop: int = 2
+    guidance_stop: int = field(default=2, metadata=spec(">= 0"))
     """No guidance in the last this many denoising steps."""
-    replan_interval: int = 1
+    replan_interval: int = field(default=1, metadata=spec(">= 0"))
     """Replan every this many env steps (0: once per episode)."""
     waypoint_tracking: bool = False
     """Goal reaching: steer toward the plan's next state instead of executing planned actions."""
@@ -193,23 +194,11 @@ class Config(TrainConfig):
         super().validate()
         if self.conditioning == "goal" and self.goal_size <= 0:
             raise ConfigError("--conditioning goal needs --goal-size > 0 (a goal env)")
-        if self.goal_size < 0:
-            raise ConfigError(f"--goal-size must be >= 0, got {self.goal_size}")
         if self.goal_size and self.normalize_observations:
             raise ConfigError(
                 "--goal-size needs --normalize-observations false: goals and positions must be "
                 "in the same (env) units"
             )
-        if not self.channel_multipliers or min(self.channel_multipliers) < 1:
-            raise ConfigError(
-                f"--channel-multipliers must be positive, got {self.channel_multipliers}"
-            )
-        for name in ("diffusion_steps", "base_channels", "num_plans", "guidance_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
-        for name in ("plan_horizon", "replan_interval", "guidance_stop", "ema_start"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0")
         stride = 2 ** (len(self.channel_multipliers) - 1)
         for name in ("horizon", "plan_horizon"):
             value = getattr(self, name)
@@ -218,14 +207,6 @@ class Config(TrainConfig):
                     f"--{name.replace('_', '-')} must be a positive multiple of {stride} "
                     f"(2^(levels-1) for {len(self.channel_multipliers)} U-Net levels), got {value}"
                 )
-        if not 0 <= self.ema_decay < 1 or self.ema_every < 1:
-            raise ConfigError("--ema-decay must be in [0, 1) and --ema-every >= 1")
-        if not 0 <= self.discount <= 1:
-            raise ConfigError(f"--discount must be in [0, 1], got {self.discount}")
-        if self.learning_rate <= 0 or self.action_weight < 0 or self.guidance_scale < 0:
-            raise ConfigError(
-                "--learning-rate must be > 0, --action-weight and --guidance-scale >= 0"
-            )
         if self.waypoint_tracking and self.goal_size <= 0:
             raise ConfigError("--waypoint-tracking needs --goal-size > 0 (positions to track)")
         if self.eval_only and not self.checkpoint:
