@@ -2,6 +2,7 @@
 
     dql sweep FILE [--out DIR] [--workers N] [--backend local|ray] [--address ADDR]
                    [--retry-failed] [--cpus-per-run N] [--gpus-per-run G] [--dry-run]
+                   [--only GLOB ...] [--launch-for MINUTES]
 
 A sweep file (experiments/sweeps/*.toml):
 
@@ -27,6 +28,11 @@ scratch (a diverged run resumed from its checkpoint would only diverge again). O
 sweep.toml (a copy of the file), sweep_status.json (the state and error of every run) and
 sweep.log; each run's own output goes to its sweep_run.log.
 
+Subsets and time limits: `--only 'td3bc/hopper-medium-expert/*'` (a glob on the run key
+ALGORITHM/TASK/seed_N, repeatable) launches only the matching runs; the others keep their state.
+`--launch-for 90` starts no run after 90 minutes while letting the running ones finish, so a
+machine that is taken away at a known time never loses a run half-trained (local backend).
+
 Local backend: a pool of `--workers` (default: the machine's CPU count) concurrent worker
 processes, one per run, each with torch.set_num_threads(cpus_per_run) -- two 1-thread processes
 beat one 2-thread process for independent runs. A run's process holds a lock on its run
@@ -51,6 +57,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import fnmatch
 import importlib
 import json
 import os
@@ -523,10 +530,17 @@ def _worker_main(job_json: str, num_threads: int) -> int:
 class LocalBackend:
     """At most `workers` runs at a time, each in its own worker process and session."""
 
-    def __init__(self, workers: int, cpus_per_run: int = 1, echo: Any = None) -> None:
+    def __init__(
+        self,
+        workers: int,
+        cpus_per_run: int = 1,
+        echo: Any = None,
+        launch_deadline: float | None = None,
+    ) -> None:
         self.workers = workers
         self.cpus_per_run = cpus_per_run
         self.echo = echo
+        self.launch_deadline = launch_deadline  # time.monotonic() after which nothing starts
         self.stopping = threading.Event()
         self.processes: dict[int, subprocess.Popen] = {}
         self.lock = threading.Lock()
@@ -559,6 +573,8 @@ class LocalBackend:
     def _launch(self, job: list[RunSpec]) -> list[dict[str, Any]]:
         if self.stopping.is_set():
             return [_outcome(spec, "not started") for spec in job]
+        if self.launch_deadline is not None and time.monotonic() > self.launch_deadline:
+            return [_outcome(spec, "not started", error="--launch-for time was up") for spec in job]
         log_path = Path(job[0].run_dir) / RUN_LOG
         log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [
@@ -825,8 +841,12 @@ def run_sweep(
     dry_run: bool = False,
     echo: Any = print,
     batched_seeds: bool = False,
+    only: Sequence[str] = (),
+    launch_for: float | None = None,
 ) -> SweepReport:
     """Run every run of `sweep` that is not complete yet (see the module docstring)."""
+    if launch_for is not None and (launch_for <= 0 or backend != "local"):
+        raise UserError("--launch-for takes minutes > 0 and works with the local backend")
     if backend not in ("local", "ray"):
         raise UserError(f"--backend must be local or ray, got {backend!r}")
     if workers is not None and workers < 1:
@@ -839,6 +859,13 @@ def run_sweep(
         if not dry_run:
             _check_reachable(address)
     runs = plan_runs(sweep, out)
+    if only:
+        unmatched = [g for g in only if not any(fnmatch.fnmatchcase(s.key, g) for s in runs)]
+        if unmatched:
+            raise UserError(
+                f"--only {' '.join(unmatched)} matches no run of sweep {sweep.name}; "
+                f"keys look like {runs[0].key}"
+            )
     out.mkdir(parents=True, exist_ok=True)
     if sweep.text:
         (out / "sweep.toml").write_text(sweep.text)
@@ -866,7 +893,8 @@ def run_sweep(
                 resume=state == "interrupted",
                 **({"attempts": previous["attempts"]} if "attempts" in previous else {}),
             )
-            to_run.append(spec)
+            if not only or any(fnmatch.fnmatchcase(spec.key, g) for g in only):
+                to_run.append(spec)
 
     n_workers = workers or _cpu_count()
     n_workers = max(1, min(n_workers, len(to_run) or 1))
@@ -878,6 +906,7 @@ def run_sweep(
         f"sweep {sweep.name}: {len(runs)} runs in {out}"
         + (f"; {summary}" if summary else "")
         + f"; {len(to_run)} to run"
+        + (f" (--only {' '.join(only)})" if only else "")
         + (f" ({resumed} resumed from checkpoints)" if resumed else "")
         + (f" on {n_workers} {backend} workers" if to_run and backend == "local" else "")
         + (" on Ray" if to_run and backend == "ray" else "")
@@ -904,7 +933,8 @@ def run_sweep(
     def on_done(outcome: dict[str, Any]) -> None:
         nonlocal done_count
         done_count += 1
-        outcome["attempts"] = report.runs.get(outcome["key"], {}).get("attempts", 0) + 1
+        attempts = report.runs.get(outcome["key"], {}).get("attempts", 0)
+        outcome["attempts"] = attempts + (outcome["status"] != "not started")
         report.runs[outcome["key"]] = outcome
         _write_status(out, sweep, report)
         line = _describe(outcome)
@@ -913,8 +943,9 @@ def run_sweep(
 
     jobs = plan_jobs(to_run, batched_seeds)
     report.launched = len(to_run)
+    deadline = time.monotonic() + 60.0 * launch_for if launch_for is not None else None
     runner = (
-        LocalBackend(n_workers, cpus_per_run, echo)
+        LocalBackend(n_workers, cpus_per_run, echo, launch_deadline=deadline)
         if backend == "local"
         else RayBackend(address, cpus_per_run, gpus_per_run)
     )
@@ -1072,6 +1103,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="train the seeds of a task as one batched model where the algorithm can",
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="launch only runs whose key (ALGORITHM/TASK/seed_N) matches; repeatable",
+    )
+    parser.add_argument(
+        "--launch-for",
+        type=float,
+        metavar="MINUTES",
+        help="start no run after this many minutes; running runs finish (local backend)",
+    )
     args = parser.parse_args(argv)
     try:
         sweep = load_sweep(args.file)
@@ -1087,6 +1131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             gpus_per_run=args.gpus_per_run,
             dry_run=args.dry_run,
             batched_seeds=args.batched_seeds,
+            only=args.only,
+            launch_for=args.launch_for,
         )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

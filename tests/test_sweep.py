@@ -583,3 +583,30 @@ def test_a_run_locked_by_another_process_is_left_alone(tiny_registry, counter, t
     assert report.runs["tiny_a/p-q/seed_0"]["status"] == "busy" and report.launched == 0
     assert not counter.exists()
     assert run_state(run_dir) == "missing"  # lock released, nothing trained
+
+
+def test_only_launches_the_matching_runs_and_launch_for_starts_none_after_its_time(
+    tiny_registry, pendulum_store, counter, tmp_path, capsys
+):
+    file = write_sweep(tmp_path / "s.toml", pendulum_store, "")
+    out = tmp_path / "out"
+    assert main([str(file), "--out", str(out), "--only", "tiny_b/*/seed_1"]) == 1
+    assert trained(counter) == ["tiny_b/seed_1"]
+    counts = json.loads((out / "sweep_status.json").read_text())["counts"]
+    assert counts == {"complete": 1, "pending": 3}
+
+    assert main([str(file), "--out", str(out), "--only", "tiny_c/*"]) == 2
+    assert "--only tiny_c/* matches no run" in capsys.readouterr().err
+
+    # time already up: nothing more starts, the three runs stay pending for the next sweep
+    assert main([str(file), "--out", str(out), "--workers", "1", "--launch-for", "1e-9"]) == 1
+    assert trained(counter) == ["tiny_b/seed_1"]
+    runs = json.loads((out / "sweep_status.json").read_text())["runs"]
+    assert runs["tiny_a/pendulum-mixed/seed_0"]["status"] == "not started"
+    assert "attempts" not in runs["tiny_a/pendulum-mixed/seed_0"] or (
+        runs["tiny_a/pendulum-mixed/seed_0"]["attempts"] == 0
+    )
+    assert main([str(file), "--out", str(out), "--launch-for", "30"]) == 0
+    assert sorted(trained(counter)) == sorted(
+        ["tiny_a/seed_0", "tiny_a/seed_1", "tiny_b/seed_0", "tiny_b/seed_1"]
+    )
