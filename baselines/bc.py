@@ -22,7 +22,7 @@ from dql.buffer import Batch
 from dql.cli import run_cli
 from dql.nets import Precision, at_config_precision, make_optimizer
 from dql.policies_common import DeterministicActor, GaussianActor, observations_tensor
-from dql.training import TrainConfig, resolve_device, run_training, spec
+from dql.training import Checkpointed, TrainConfig, resolve_device, run_training, spec
 
 ALGORITHM = "bc"
 
@@ -41,7 +41,7 @@ class Config(TrainConfig):
     """fp32, or bf16: the training step's matmuls in bfloat16 (dql.nets.autocast); acting is fp32."""
 
 
-class BC:
+class BC(Checkpointed):
     def __init__(
         self, observation_dim: int, action_dim: int, max_action: float, config: Config
     ) -> None:
@@ -69,13 +69,6 @@ class BC:
     @torch.no_grad()
     def act(self, observations: np.ndarray) -> np.ndarray:
         return self.actor(observations_tensor(observations, self.device)).cpu().numpy()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"actor": self.actor.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.optimizer.load_state_dict(state["optimizer"])
 
 
 Agent = BC  # the registry's agent class of this algorithm

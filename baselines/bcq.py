@@ -40,7 +40,7 @@ from dql.nets import (
     polyak_update,
 )
 from dql.policies_common import frozen_copy, observations_tensor, one_pass_is_faster
-from dql.training import TrainConfig, resolve_device, run_training, spec
+from dql.training import Checkpointed, TrainConfig, resolve_device, run_training, spec
 
 ALGORITHM = "bcq"
 LATENT_CLIP = 0.5
@@ -153,7 +153,7 @@ class ActionSelection(nn.Module):
         return candidates.view(self.n, batch, -1).gather(0, picked).squeeze(0)
 
 
-class BCQ:
+class BCQ(Checkpointed):
     def __init__(
         self, observation_dim: int, action_dim: int, max_action: float, config: Config
     ) -> None:
@@ -245,24 +245,6 @@ class BCQ:
     def act(self, observations: np.ndarray) -> np.ndarray:
         states = observations_tensor(observations, self.device)
         return self.policy_module()(states).cpu().numpy()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "vae": self.vae.state_dict(),
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "actor_target": self.actor_target.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "vae_optimizer": self.vae_optimizer.state_dict(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in ("vae", "actor", "critic", "actor_target", "critic_target"):
-            getattr(self, name).load_state_dict(state[name])
-        for name in ("vae_optimizer", "actor_optimizer", "critic_optimizer"):
-            getattr(self, name).load_state_dict(state[name])
 
 
 Agent = BCQ  # the registry's agent class of this algorithm

@@ -68,7 +68,7 @@ from dql.policies_common import (
     one_pass_is_faster,
     orthogonal_init_,
 )
-from dql.training import TrainConfig, resolve_device, run_training, spec
+from dql.training import Checkpointed, TrainConfig, resolve_device, run_training, spec
 
 ALGORITHM = "cql"
 
@@ -125,7 +125,9 @@ class Config(TrainConfig):
             )
 
 
-class CQL:
+class CQL(Checkpointed):
+    extra_state = ("log_entropy_alpha", "log_cql_alpha_prime")
+
     def __init__(
         self, observation_dim: int, action_dim: int, max_action: float, config: Config
     ) -> None:
@@ -291,28 +293,6 @@ class CQL:
         return (
             self.actor.deterministic(observations_tensor(observations, self.device)).cpu().numpy()
         )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "log_entropy_alpha": self.log_entropy_alpha.detach().clone(),
-            "log_cql_alpha_prime": self.log_cql_alpha_prime.detach().clone(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "entropy_optimizer": self.entropy_optimizer.state_dict(),
-            "lagrange_optimizer": self.lagrange_optimizer.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in ("actor", "critic", "critic_target"):
-            getattr(self, name).load_state_dict(state[name])
-        with torch.no_grad():
-            self.log_entropy_alpha.copy_(state["log_entropy_alpha"])
-            self.log_cql_alpha_prime.copy_(state["log_cql_alpha_prime"])
-        for name in ("actor", "critic", "entropy", "lagrange"):
-            getattr(self, f"{name}_optimizer").load_state_dict(state[f"{name}_optimizer"])
 
 
 Agent = CQL  # the registry's agent class of this algorithm

@@ -92,6 +92,7 @@ from dql.evaluation import evaluate
 from dql.nets import hard_update, make_optimizer, polyak_update
 from dql.runs import atomic_write_json, read_json, safe_torch_load
 from dql.training import (
+    Checkpointed,
     TrainConfig,
     fields_with_role,
     resolve_device,
@@ -491,8 +492,10 @@ class Plan:
     values: torch.Tensor | None
 
 
-class Diffuser:
+class Diffuser(Checkpointed):
     """Agent: trains the trajectory diffusion and value models; acts by planning."""
+
+    extra_state = ("updates",)
 
     selection_metric = "diffusion_loss"
 
@@ -734,28 +737,10 @@ class Diffuser:
         """Forget the per-env plans (the next act() plans afresh)."""
         self._plan, self._previous = None, None
 
-    # -- checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        state = {
-            "denoiser": self.denoiser.state_dict(),
-            "ema_denoiser": self.ema_denoiser.state_dict(),
-            "normalizer": self.normalizer.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "updates": self.updates,
-        }
-        if self.value is not None:
-            state["value"] = self.value.state_dict()
-            state["ema_value"] = self.ema_value.state_dict()
-        return state
-
+    # -- checkpoints (dql.checkpoint.Checkpointed: the modules, the optimiser, `updates`)
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in ("denoiser", "ema_denoiser", "normalizer", "value", "ema_value"):
-            module = getattr(self, name)
-            if module is not None:
-                module.load_state_dict(state[name])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.updates = int(state["updates"])
-        self.reset()
+        super().load_state_dict(state)
+        self.reset()  # a plan made before the load belongs to other weights
 
 
 # ----------------------------------------------------------------------------- entry points

@@ -50,7 +50,7 @@ from dql.policies_common import (
     frozen_copy,
     observations_tensor,
 )
-from dql.training import TrainConfig, resolve_device, run_training, spec
+from dql.training import Checkpointed, TrainConfig, resolve_device, run_training, spec
 
 ALGORITHM = "iql"
 MAX_ADVANTAGE_WEIGHT = 100.0
@@ -88,7 +88,7 @@ def expectile_loss(residual: torch.Tensor, expectile: float) -> torch.Tensor:
     return (weight * residual.square()).mean()
 
 
-class IQL:
+class IQL(Checkpointed):
     def __init__(
         self, observation_dim: int, action_dim: int, max_action: float, config: Config
     ) -> None:
@@ -176,26 +176,6 @@ class IQL:
     @torch.no_grad()
     def act(self, observations: np.ndarray) -> np.ndarray:
         return self.actor(observations_tensor(observations, self.device)).cpu().numpy()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "value": self.value.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "value_optimizer": self.value_optimizer.state_dict(),
-            "actor_schedule": self.actor_schedule.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in ("actor", "critic", "value", "critic_target"):
-            getattr(self, name).load_state_dict(state[name])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.value_optimizer.load_state_dict(state["value_optimizer"])
-        self.actor_schedule.load_state_dict(state["actor_schedule"])
 
 
 Agent = IQL  # the registry's agent class of this algorithm

@@ -39,7 +39,7 @@ from dql.buffer import Batch, ReplayBuffer
 from dql.cli import run_cli
 from dql.errors import ConfigError
 from dql.nets import Activation, EnsembleMLP, make_optimizer
-from dql.training import TrainConfig, resolve_device, run_training, spec
+from dql.training import Checkpointed, TrainConfig, resolve_device, run_training, spec
 
 ALGORITHM = "mpc"
 Planner = Literal["cem", "mppi"]
@@ -95,8 +95,10 @@ class Config(TrainConfig):
             )
 
 
-class ModelPredictiveControl:
+class ModelPredictiveControl(Checkpointed):
     """Agent: fits the ensemble in `update`, plans with CEM/MPPI in `act`."""
+
+    extra_state = ("stats",)  # the dynamics-normaliser statistics
 
     def __init__(
         self, observation_dim: int, action_dim: int, max_action: float, config: Config
@@ -218,18 +220,9 @@ class ModelPredictiveControl:
     def reset(self) -> None:
         self._warm_start = None
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "stats": dict(self.stats),
-        }
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.stats = {k: v.to(self.device) for k, v in state["stats"].items()}
-        self.reset()
+        super().load_state_dict(state)
+        self.reset()  # a warm start from before the load would plan from stale actions
 
 
 Agent = ModelPredictiveControl  # the registry's agent class of this algorithm

@@ -34,7 +34,7 @@ from dql.nets import (
     polyak_update,
 )
 from dql.policies_common import DeterministicActor, frozen_copy, observations_tensor
-from dql.training import TrainConfig, resolve_device, run_training, spec
+from dql.training import Checkpointed, TrainConfig, resolve_device, run_training, spec
 
 ALGORITHM = "td3bc"
 
@@ -65,7 +65,9 @@ class Config(TrainConfig):
     """fp32, or bf16: the training step's matmuls in bfloat16 (dql.nets.autocast); acting is fp32."""
 
 
-class TD3BC:
+class TD3BC(Checkpointed):
+    extra_state = ("updates", "last_actor_loss", "last_lambda")
+
     def __init__(
         self, observation_dim: int, action_dim: int, max_action: float, config: Config
     ) -> None:
@@ -135,28 +137,6 @@ class TD3BC:
     @torch.no_grad()
     def act(self, observations: np.ndarray) -> np.ndarray:
         return self.actor(observations_tensor(observations, self.device)).cpu().numpy()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "actor": self.actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "actor_target": self.actor_target.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "updates": self.updates,
-            "last_actor_loss": self.last_actor_loss,
-            "last_lambda": self.last_lambda,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in ("actor", "critic", "actor_target", "critic_target"):
-            getattr(self, name).load_state_dict(state[name])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.updates = int(state["updates"])
-        self.last_actor_loss = state["last_actor_loss"].to(self.device)
-        self.last_lambda = state["last_lambda"].to(self.device)
 
 
 Agent = TD3BC  # the registry's agent class of this algorithm

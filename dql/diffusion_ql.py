@@ -100,7 +100,7 @@ from dql.nets import (
     make_optimizer,
     polyak_update,
 )
-from dql.training import TrainConfig, resolve_device, run_training, spec
+from dql.training import Checkpointed, TrainConfig, resolve_device, run_training, spec
 
 ALGORITHM = "diffusion_ql"
 ActionSelection = Literal["softmax", "argmax"]
@@ -314,13 +314,14 @@ def _lr_schedule(
 # --------------------------------------------------------------------------- agent
 
 
-class DiffusionQL:
+class DiffusionQL(Checkpointed):
     """The Diffusion-QL learner: `update(batch)` is one critic step and one actor step.
 
     `seeds=None` is a normal run (S = 1, torch's global RNG, (B, ...) batches); `seeds=[...]`
     trains those seeds as one model on (S, B, ...) batches, seed k with its own generator."""
 
     selection_metric = "bc_loss"
+    extra_state = ("step",)
 
     def __init__(
         self,
@@ -572,34 +573,19 @@ class DiffusionQL:
 
     # ------------------------------------------------------------------ checkpoints
 
+    # Checkpointed saves the modules, optimisers, schedulers and `step`; batched seeds add
+    # each seed's sampling generator.
     def state_dict(self) -> dict[str, Any]:
-        state = {
-            "actor": self.actor.state_dict(),
-            "ema_actor": self.ema_actor.state_dict(),
-            "critic": self.critic.state_dict(),
-            "critic_target": self.critic_target.state_dict(),
-            "actor_optimizer": self.actor_optimizer.state_dict(),
-            "critic_optimizer": self.critic_optimizer.state_dict(),
-            "actor_scheduler": self.actor_scheduler.state_dict(),
-            "critic_scheduler": self.critic_scheduler.state_dict(),
-            "step": self.step,
-        }
+        state = super().state_dict()
         if self.seeds is not None:
             state["generators"] = [g.get_state() for g in self.generators]
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.actor.load_state_dict(state["actor"])
-        self.ema_actor.load_state_dict(state["ema_actor"])
-        self.critic.load_state_dict(state["critic"])
-        self.critic_target.load_state_dict(state["critic_target"])
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.actor_scheduler.load_state_dict(state["actor_scheduler"])
-        self.critic_scheduler.load_state_dict(state["critic_scheduler"])
-        self.step = int(state["step"])
-        if self.seeds is not None and "generators" in state:
-            for generator, saved in zip(self.generators, state["generators"]):
+        generators = state.get("generators")
+        super().load_state_dict({k: v for k, v in state.items() if k != "generators"})
+        if self.seeds is not None and generators is not None:
+            for generator, saved in zip(self.generators, generators):
                 generator.set_state(saved.cpu())
 
     def seed_state_dict(self, k: int) -> dict[str, Any]:

@@ -6,7 +6,8 @@ checkpoints, resume, divergence and interrupt handling. An algorithm supplies on
         def __init__(self, observation_dim, action_dim, max_action, config): ...
         def update(self, batch) -> dict[str, torch.Tensor]: ...   # no host sync inside
         def act(self, observations: np.ndarray) -> np.ndarray: ...   # batched
-        def state_dict(self) -> dict; def load_state_dict(self, state) -> None
+        # state_dict()/load_state_dict(): inherit dql.checkpoint.Checkpointed (every module,
+        # optimiser, scheduler and generator it holds, plus the names in `extra_state`)
         # optional: setup(buffer), sample_batch(buffer, batch_size), selection_metric: str
 
 and `train(config) = run_training(config, MyAgent)`.
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 
 import dql
 from dql.buffer import Batch, ReplayBuffer
+from dql.checkpoint import Checkpointed  # noqa: F401  (re-exported for algorithm files)
 from dql.config_fields import (  # noqa: F401  (re-exported: the protocol's helpers)
     check_fields,
     fields_with_role,
