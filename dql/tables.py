@@ -41,6 +41,8 @@ import pandas as pd
 from dql.errors import UserError
 
 SCORE_KINDS = ("final", "best")
+# A run's scores as its result.json defines them (dql.training.summarize): never recomputed here.
+RESULT_SCORES = ("final_score", "best_score", "final_return")
 DEFAULT_REFERENCE = "diffusion_ql"
 EVAL_COLUMNS = [
     "algorithm",
@@ -153,14 +155,19 @@ def collect_runs(root: str | Path, datasets: Sequence[str] | None = None) -> Run
                     "run_dir": _shown(path),
                 }
             )
-        scores = [float(r["normalized_score"]) for r in evals]
+        if not all(k in result for k in RESULT_SCORES):  # result.json defines the scores
+            missing = ", ".join(k for k in RESULT_SCORES if k not in result)
+            excluded.append({"run_dir": _shown(path), "status": f"no {missing}", "error": None})
+            continue
         final = max(evals, key=lambda r: r["step"])
+        selected = result.get("selected_score")
         run_rows.append(
             {
                 **key,
-                "final_score": float(final["normalized_score"]),
-                "best_score": max(scores),
-                "final_return": float(final["return"]),
+                "final_score": float(result["final_score"]),
+                "best_score": float(result["best_score"]),
+                "selected_score": float(selected) if selected is not None else math.nan,
+                "final_return": float(result["final_return"]),
                 "final_step": int(final["step"]),
                 "steps": int(config["steps"]),
                 "eval_interval": int(config["eval_interval"]),

@@ -72,7 +72,12 @@ def fake_run(
     ]
     (run / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     if status == "complete":
-        result = {"final_score": scores[-1], "best_score": max(scores), "wall_time": len(scores)}
+        result = {
+            "final_score": scores[-1],
+            "best_score": max(scores),
+            "final_return": 10 * scores[-1],
+            "wall_time": len(scores),
+        }
         (run / "result.json").write_text(json.dumps(result))
     (run / "status.json").write_text(json.dumps({"status": status, "error": "boom"}))
     return run
@@ -118,6 +123,26 @@ def test_collect_runs_gives_one_tidy_row_per_evaluation(runs_dir):
     walker = collect_runs(root, datasets=["mujoco/walker2d/medium-v0"])
     assert set(walker.evaluations["task"]) == {"walker2d-medium"} and not walker.excluded
     assert len(walker.runs) == 2 * 3
+
+
+def test_the_scores_are_those_result_json_defines(runs_dir):
+    root, _ = runs_dir
+    run = root / "td3bc" / "hopper-medium" / "seed_0"
+    result = json.loads((run / "result.json").read_text())
+    (run / "result.json").write_text(
+        json.dumps({**result, "final_score": 12.5, "best_score": 99.0, "selected_score": 42.0})
+    )
+    runs = collect_runs(root).runs
+    row = runs[(runs.algorithm == "td3bc") & (runs.task == "hopper-medium") & (runs.seed == 0)]
+    assert row[["final_score", "best_score", "selected_score"]].values.tolist() == [
+        [12.5, 99.0, 42.0]
+    ]
+    (run / "result.json").write_text(json.dumps({"wall_time": 1.0}))
+    table = collect_runs(root)
+    assert len(table.runs) == 7 * 3 - 1
+    assert [e["status"] for e in table.excluded if e["run_dir"].endswith("seed_0")] == [
+        "no final_score, best_score, final_return"
+    ]
 
 
 def test_config_hash_ignores_seed_and_paths_only():
