@@ -8,7 +8,8 @@ LR scheduler and generator the agent holds as an attribute, plus the attributes 
 The keys are the attribute names, so a checkpoint reads like the agent's constructor. A compiled
 wrapper (`torch.compile(module)`) is skipped: it shares its parameters with the module it wraps,
 which is saved under its own name. Loading is strict: a key missing from the checkpoint, or one
-the agent does not have, is an error naming it.
+the agent does not have, is an error naming it (only a batched seed's noise stream,
+`SEED_BATCH_KEYS`, is left to the code that batches seeds).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from torch import nn
 from dql.errors import UserError
 
 _STATEFUL = (nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
+# What one seed's checkpoint of a batched run adds (dql.batched_seeds, Diffusion-QL's seeds=):
+# its noise stream. A normal agent loads the rest; its training loop restores torch's own RNG.
+SEED_BATCH_KEYS = ("seed_stack_rng", "generator", "generators")
 
 
 def _is_compiled(value: Any) -> bool:
@@ -79,6 +83,7 @@ class Checkpointed:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = {k: v for k, v in state.items() if k not in SEED_BATCH_KEYS}
         expected = {**stateful_attributes(self), **{n: getattr(self, n) for n in self.extra_state}}
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))

@@ -583,7 +583,7 @@ class DiffusionQL(Checkpointed):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         generators = state.get("generators")
-        super().load_state_dict({k: v for k, v in state.items() if k != "generators"})
+        super().load_state_dict(state)  # which leaves the generators (SEED_BATCH_KEYS) to us
         if self.seeds is not None and generators is not None:
             for generator, saved in zip(self.generators, generators):
                 generator.set_state(saved.cpu())

@@ -254,34 +254,96 @@ def _in_main_thread() -> bool:
 
 
 def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -> dict[str, Any]:
-    """Train `agent_cls` as configured; return the contents of result.json."""
+    """Train `agent_cls` as configured; return the contents of result.json.
+
+    The story: open the run directory (refusing a config that differs from the one saved), load
+    the data and build the agent, continue from the checkpoint if there is one, then step:
+    update, log every `log_interval`, evaluate every `eval_interval`, checkpoint every
+    `checkpoint_interval`. However the loop ends, `_end_of_run` says so in status.json."""
     config.validate()
     device = resolve_device(config.device)
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     run = RunDirectory(default_run_dir(config, algorithm))
     current = config_dict(config)
-    saved_run: dict[str, Any] | None = None
-    if (run.path / "config.json").exists():
-        try:
-            saved_run = read_json(run.path / "config.json")
-            saved_config = saved_run["config"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UserError(
-                f"{run.path / 'config.json'} is not a run's config ({type(exc).__name__}: {exc}); "
-                "choose another --run-dir"
-            ) from None
-        if not config.resume:
-            raise UserError(
-                f"run directory {run.path} already holds a run; pass --resume to continue it "
-                "or choose another --out-dir/--run-dir"
-            )
-        _check_resume_config(saved_config, current, fields_with_role(type(config), "resumable"))
-        if run.is_complete():
-            return run.result()
-    run.ensure_writable()
+    saved_run = _open_run_directory(run, config, current)
+    if run.is_complete():
+        return run.result()
 
     seed_everything(config.seed)
+    info, normalizer, ref_scores, buffer, agent = _data_and_agent(
+        config, agent_cls, device, saved_run
+    )
+    sample = getattr(agent, "sample_batch", None) or (lambda buf, n: buf.sample(n))
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    loop = _LoopState()
+    log = _MetricsLog(run)
+    evaluations = _Evaluations(
+        run, config, algorithm, agent, info, normalizer, ref_scores, current, loop,
+        selection_metric=getattr(agent, "selection_metric", None),
+    )  # fmt: skip
+    checkpoints = _Checkpoints(run, agent, buffer, device, loop, log, evaluations)
+    if config.resume and run.checkpoint_path.exists():
+        checkpoints.restore()
+    else:
+        for name in ("metrics", "eval"):
+            (run.path / f"{name}.jsonl").unlink(missing_ok=True)
+    _write_run_config(run, algorithm, config, current, info, ref_scores, normalizer, device)
+    run.set_status("running", step=loop.step)
+    writer = log.writer = evaluations.writer = SummaryWriter(
+        str(run.path / "tb"), purge_step=loop.step or None
+    )
+
+    step = loop.step
+    loop.started = time.perf_counter() - loop.wall_time
+    bar = evaluations.bar = tqdm(
+        total=config.steps,
+        initial=step,
+        desc=f"{algorithm} {task_name(config.dataset)} seed {config.seed}",
+        unit="step",
+        disable=None if config.progress else True,
+        dynamic_ncols=True,
+    )
+    try:
+        with _GracefulStop() as stop:
+            while step < config.steps:
+                log.add(agent.update(sample(buffer, config.batch_size)))
+                step += 1
+                last = step == config.steps
+                if step % config.log_interval == 0 or last:
+                    bar.set_postfix(log.flush(step))
+                if step % config.eval_interval == 0 or last:
+                    checkpoints.check_health(step)
+                    if evaluations.evaluate(step, log.take_block()):
+                        break  # early stop: the selection metric kept rising
+                if step % config.checkpoint_interval == 0 or last:
+                    checkpoints.save(step)
+                bar.update(1)
+                if stop.requested:
+                    checkpoints.check_health(step)  # never save a diverged state over a good one
+                    raise _StopRequested(stop.requested)
+    except BaseException as exc:
+        ending = _end_of_run(exc, run, step, checkpoints)
+        if ending is exc:
+            raise
+        raise ending from None
+    finally:
+        bar.close()
+        writer.close()
+    run.write_csv("metrics")
+    run.write_csv("eval")
+    result = summarize(run, algorithm, config)
+    atomic_write_json(run.path / "result.json", result)
+    run.set_status("complete", step=step)
+    return result
+
+
+def _data_and_agent(
+    config: TrainConfig, agent_cls: AgentFactory, device: str, saved_run: dict[str, Any] | None
+) -> tuple[Any, ObservationNormalizer, tuple[float, float], ReplayBuffer, Agent]:
+    """The dataset (the one a resumed run started with), its buffer and normaliser, the agent."""
     data = load_dataset(config.dataset, download=config.download, env_id=config.env_id)
     info = data.info
     saved_hash = (saved_run or {}).get("dataset", {}).get("content_hash")
@@ -303,44 +365,53 @@ def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -
     )
     del data
     max_action = _max_action(info.action_low, info.action_high)
-    agent_config = dataclasses.replace(config, device=device)
-    agent = agent_cls(info.observation_dim, info.action_dim, max_action, agent_config)
+    agent = agent_cls(
+        info.observation_dim,
+        info.action_dim,
+        max_action,
+        dataclasses.replace(config, device=device),
+    )
     if hasattr(agent, "setup"):
         agent.setup(buffer)
-    sample = getattr(agent, "sample_batch", None) or (lambda buf, n: buf.sample(n))
-    selection_metric: str | None = getattr(agent, "selection_metric", None)
+    return info, normalizer, ref_scores, buffer, agent
 
-    state = {"step": 0, "best_score": -math.inf, "best_step": None, "wall_time": 0.0}
-    accum: dict[str, torch.Tensor] = {}
-    accum_count = 0
-    block: dict[str, list[float]] = {}
-    rising = 0
-    if config.resume and run.checkpoint_path.exists():
-        ckpt = safe_torch_load(run.checkpoint_path, map_location=device)
-        missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
-        if missing:
+
+def _open_run_directory(
+    run: RunDirectory, config: TrainConfig, current: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The run's saved config.json, if it has one that this config may continue."""
+    saved_run: dict[str, Any] | None = None
+    if (run.path / "config.json").exists():
+        try:
+            saved_run = read_json(run.path / "config.json")
+            saved_config = saved_run["config"]
+        except (ValueError, KeyError, TypeError) as exc:
             raise UserError(
-                f"{run.checkpoint_path} is not a training checkpoint (no {', '.join(missing)}); "
-                "remove it to start the run over"
+                f"{run.path / 'config.json'} is not a run's config ({type(exc).__name__}: {exc}); "
+                "choose another --run-dir"
+            ) from None
+        if not config.resume:
+            raise UserError(
+                f"run directory {run.path} already holds a run; pass --resume to continue it "
+                "or choose another --out-dir/--run-dir"
             )
-        agent.load_state_dict(ckpt["agent"])
-        buffer.load_state_dict(ckpt["buffer"])
-        torch.set_rng_state(ckpt["torch_rng"].cpu())
-        np.random.set_state(_numpy_state(ckpt["numpy_rng"]))
-        if "python_rng" in ckpt:
-            random.setstate(_python_state(ckpt["python_rng"]))
-        if device.startswith("cuda") and "cuda_rng" in ckpt:
-            torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu())
-        state = ckpt["loop"]
-        accum = dict(ckpt["accum"])
-        accum_count = ckpt["accum_count"]
-        block = {k: list(v) for k, v in ckpt["block"].items()}
-        rising = ckpt["rising"]
-        run.truncate_rows("metrics", state["step"])
-        run.truncate_rows("eval", state["step"])
-    else:
-        for name in ("metrics", "eval"):
-            (run.path / f"{name}.jsonl").unlink(missing_ok=True)
+        _check_resume_config(saved_config, current, fields_with_role(type(config), "resumable"))
+        if run.is_complete():
+            return saved_run
+    run.ensure_writable()
+    return saved_run
+
+
+def _write_run_config(
+    run: RunDirectory,
+    algorithm: str,
+    config: TrainConfig,
+    current: dict[str, Any],
+    info: Any,
+    ref_scores: tuple[float, float],
+    normalizer: ObservationNormalizer,
+    device: str,
+) -> None:
     atomic_write_json(
         run.path / "config.json",
         {
@@ -356,197 +427,269 @@ def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -
             "device": device,
         },
     )
-    run.set_status("running", step=state["step"])
 
-    from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(run.path / "tb"), purge_step=state["step"] or None)
+@dataclass
+class _LoopState:
+    """What the loop carries between steps, saved in every checkpoint as "loop"."""
 
-    def save_checkpoint(step: int) -> None:
-        atomic_torch_save(
+    step: int = 0
+    best_score: float = -math.inf
+    best_step: int | None = None
+    wall_time: float = 0.0
+    started: float = 0.0  # perf_counter at step 0, as if the run had never stopped
+
+    def saved(self, step: int) -> dict[str, Any]:
+        self.wall_time = time.perf_counter() - self.started
+        return {"step": step, "best_score": self.best_score, "best_step": self.best_step,
+                "wall_time": self.wall_time}  # fmt: skip
+
+    def load(self, saved: dict[str, Any]) -> None:
+        self.step, self.best_score = saved["step"], saved["best_score"]
+        self.best_step, self.wall_time = saved["best_step"], saved["wall_time"]
+
+
+class _MetricsLog:
+    """Training metrics, summed on the device between logs (no host sync in a step), averaged,
+    checked finite and written every `log_interval`; the logged values since the last
+    evaluation (`block`) give the offline selection metric."""
+
+    def __init__(self, run: RunDirectory) -> None:
+        self.run = run
+        self.writer: Any = None
+        self.accum: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.block: dict[str, list[float]] = {}
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        for k, v in metrics.items():
+            v = v.detach().float()
+            self.accum[k] = self.accum[k] + v if k in self.accum else v
+        self.count += 1
+
+    def flush(self, step: int) -> dict[str, str]:
+        """Write the averages since the last flush; return the first three for the progress bar."""
+        names = list(self.accum)
+        means = (torch.stack([self.accum[k] for k in names]) / self.count).tolist()
+        values = dict(zip(names, means))
+        self.accum, self.count = {}, 0
+        _check_finite(values, step)
+        for k, v in values.items():
+            self.writer.add_scalar(f"train/{k}", v, step)
+            self.block.setdefault(k, []).append(v)
+        self.run.append_row("metrics", {"step": step, **values})
+        return {k: f"{v:.3g}" for k, v in list(values.items())[:3]}
+
+    def check_pending_finite(self, step: int) -> None:
+        if self.accum:
+            pending = torch.stack(list(self.accum.values())).tolist()
+            _check_finite(dict(zip(self.accum, pending)), step)
+
+    def take_block(self) -> dict[str, list[float]]:
+        block, self.block = self.block, {}
+        return block
+
+
+class _Evaluations:
+    """Evaluate the agent, log the row (score, return, selection loss, episodes), keep the best,
+    and say when the selection metric has risen `early_stop_patience` blocks in a row."""
+
+    def __init__(
+        self,
+        run: RunDirectory,
+        config: TrainConfig,
+        algorithm: str,
+        agent: Agent,
+        info: Any,
+        normalizer: ObservationNormalizer,
+        ref_scores: tuple[float, float],
+        current: dict[str, Any],
+        loop: _LoopState,
+        selection_metric: str | None,
+    ) -> None:
+        self.run, self.config, self.algorithm, self.agent = run, config, algorithm, agent
+        self.info, self.normalizer, self.ref_scores = info, normalizer, ref_scores
+        self.current, self.loop, self.selection_metric = current, loop, selection_metric
+        self.rising = 0
+        self.writer: Any = None
+        self.bar: Any = None
+
+    def _evaluate(self) -> EvalResult:
+        c = self.config
+        with torch.random.fork_rng(devices=[]):  # the training RNG stream does not see it
+            torch.manual_seed(c.eval_seed)
+            return evaluate(
+                self.agent.act,
+                self.info,
+                num_episodes=c.eval_episodes,
+                seed=c.eval_seed,
+                normalizer=self.normalizer,
+                ref_scores=self.ref_scores,
+                env_id=c.env_id,
+                max_episode_steps=c.max_episode_steps,
+                progress=c.progress,
+                record_traces=c.save_traces,
+                policy_name=self.algorithm,
+            )
+
+    def evaluate(self, step: int, block: dict[str, list[float]]) -> bool:
+        """One evaluation at `step`; True to stop early."""
+        c, run, metric = self.config, self.run, self.selection_metric
+        result = self._evaluate()
+        score = float(result.normalized_score)
+        selection = float(np.mean(block[metric])) if metric and block.get(metric) else None
+        previous = [r for r in run.rows("eval") if r.get("selection_loss") is not None]
+        if selection is not None and previous:
+            self.rising = self.rising + 1 if selection > previous[-1]["selection_loss"] else 0
+        self.loop.wall_time = time.perf_counter() - self.loop.started
+        run.append_row(
+            "eval",
             {
-                "agent": agent.state_dict(),
-                "buffer": buffer.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "numpy_rng": _numpy_state_to_tensors(np.random.get_state()),
-                "python_rng": _python_state_to_tensors(random.getstate()),
-                **({"cuda_rng": torch.cuda.get_rng_state()} if device.startswith("cuda") else {}),
-                "loop": {**state, "step": step},
-                "accum": accum,
-                "accum_count": accum_count,
-                "block": block,
-                "rising": rising,
+                "step": step,
+                "normalized_score": score,
+                "return": result.mean_return,
+                "selection_loss": selection,
+                "wall_time": self.loop.wall_time,
+                "episodes": result.episodes(),
             },
-            run.checkpoint_path,
         )
+        if c.save_traces:  # overwritten each time: the last is the final one
+            from dql.traces import save_traces
 
-    def check_finite(values: dict[str, float], step: int) -> None:
-        bad = [k for k, v in values.items() if not math.isfinite(v)]
-        if bad:
-            raise DivergenceError(f"non-finite {', '.join(bad)} at step {step}")
+            save_traces(
+                run.path,
+                result,
+                info=self.info,
+                env_id=c.env_id,
+                max_episode_steps=c.max_episode_steps,
+                metadata={"algorithm": self.algorithm, "step": step, "config": self.current},
+            )
+        self.writer.add_scalar("eval/normalized_score", score, step)
+        self.writer.add_scalar("eval/return", result.mean_return, step)
+        if c.keep_eval_checkpoints:
+            atomic_torch_save(self.agent.state_dict(), run.path / f"checkpoints/eval_{step}.pt")
+        if score > self.loop.best_score:
+            self.loop.best_score, self.loop.best_step = score, step
+        self.bar.write(
+            f"step {step}: normalized score {score:.1f} (return {result.mean_return:.1f})"
+        )
+        if c.early_stop_patience and self.rising >= c.early_stop_patience:
+            self.bar.write(
+                f"early stop at step {step}: {metric} rose {self.rising} blocks in a row"
+            )
+            return True
+        return False
 
-    def check_health(step: int) -> None:
+
+class _Checkpoints:
+    """checkpoints/last.pt: the agent, the buffer's sampler, every RNG and the loop's own state,
+    so that a resumed run continues bit for bit; never saved over with non-finite values."""
+
+    def __init__(
+        self,
+        run: RunDirectory,
+        agent: Agent,
+        buffer: ReplayBuffer,
+        device: str,
+        loop: _LoopState,
+        log: _MetricsLog,
+        evaluations: _Evaluations,
+    ) -> None:
+        self.run, self.agent, self.buffer, self.device = run, agent, buffer, device
+        self.loop, self.log, self.evaluations = loop, log, evaluations
+
+    def check_health(self, step: int) -> None:
         """Before an evaluation or a checkpoint: the metrics not yet logged and every tensor of the
         agent are finite, so a NaN is never evaluated nor saved over the last good checkpoint."""
-        if accum:
-            pending = torch.stack(list(accum.values())).tolist()
-            check_finite(dict(zip(accum, pending)), step)
-        bad = _non_finite_tensors(agent.state_dict())
+        self.log.check_pending_finite(step)
+        bad = _non_finite_tensors(self.agent.state_dict())
         if bad:
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
             raise DivergenceError(
                 f"non-finite values in the agent's {', '.join(bad[:3])}{more} at step {step}"
             )
 
-    def evaluate_agent(step: int) -> EvalResult:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.eval_seed)
-            return evaluate(
-                agent.act,
-                info,
-                num_episodes=config.eval_episodes,
-                seed=config.eval_seed,
-                normalizer=normalizer,
-                ref_scores=ref_scores,
-                env_id=config.env_id,
-                max_episode_steps=config.max_episode_steps,
-                progress=config.progress,
-                record_traces=config.save_traces,
-                policy_name=algorithm,
+    def save(self, step: int, checked: bool = False) -> None:
+        if not checked:
+            self.check_health(step)
+        cuda = {"cuda_rng": torch.cuda.get_rng_state()} if self.device.startswith("cuda") else {}
+        atomic_torch_save(
+            {
+                "agent": self.agent.state_dict(),
+                "buffer": self.buffer.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "numpy_rng": _numpy_state_to_tensors(np.random.get_state()),
+                "python_rng": _python_state_to_tensors(random.getstate()),
+                **cuda,
+                "loop": self.loop.saved(step),
+                "accum": self.log.accum,
+                "accum_count": self.log.count,
+                "block": self.log.block,
+                "rising": self.evaluations.rising,
+            },
+            self.run.checkpoint_path,
+        )
+
+    def restore(self) -> None:
+        path = self.run.checkpoint_path
+        ckpt = safe_torch_load(path, map_location=self.device)
+        missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+        if missing:
+            raise UserError(
+                f"{path} is not a training checkpoint (no {', '.join(missing)}); "
+                "remove it to start the run over"
             )
+        self.agent.load_state_dict(ckpt["agent"])
+        self.buffer.load_state_dict(ckpt["buffer"])
+        torch.set_rng_state(ckpt["torch_rng"].cpu())
+        np.random.set_state(_numpy_state(ckpt["numpy_rng"]))
+        if "python_rng" in ckpt:
+            random.setstate(_python_state(ckpt["python_rng"]))
+        if self.device.startswith("cuda") and "cuda_rng" in ckpt:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"].cpu())
+        self.loop.load(ckpt["loop"])
+        self.log.accum, self.log.count = dict(ckpt["accum"]), ckpt["accum_count"]
+        self.log.block = {k: list(v) for k, v in ckpt["block"].items()}
+        self.evaluations.rising = ckpt["rising"]
+        self.run.truncate_rows("metrics", self.loop.step)
+        self.run.truncate_rows("eval", self.loop.step)
 
-    step = state["step"]
-    started = time.perf_counter() - state["wall_time"]
-    bar = tqdm(
-        total=config.steps,
-        initial=step,
-        desc=f"{algorithm} {task_name(config.dataset)} seed {config.seed}",
-        unit="step",
-        disable=None if config.progress else True,
-        dynamic_ncols=True,
-    )
-    try:
-        with _GracefulStop() as stop:
-            while step < config.steps:
-                metrics = agent.update(sample(buffer, config.batch_size))
-                step += 1
-                for k, v in metrics.items():
-                    v = v.detach().float()
-                    accum[k] = accum[k] + v if k in accum else v
-                accum_count += 1
-                if step % config.log_interval == 0 or step == config.steps:
-                    names = list(accum)
-                    values = dict(
-                        zip(names, (torch.stack([accum[k] for k in names]) / accum_count).tolist())
-                    )
-                    accum, accum_count = {}, 0
-                    check_finite(values, step)
-                    for k, v in values.items():
-                        writer.add_scalar(f"train/{k}", v, step)
-                        block.setdefault(k, []).append(v)
-                    run.append_row("metrics", {"step": step, **values})
-                    bar.set_postfix({k: f"{v:.3g}" for k, v in list(values.items())[:3]})
-                if step % config.eval_interval == 0 or step == config.steps:
-                    check_health(step)
-                    result = evaluate_agent(step)
-                    score = float(result.normalized_score)
-                    selection = (
-                        float(np.mean(block[selection_metric]))
-                        if selection_metric and block.get(selection_metric)
-                        else None
-                    )
-                    previous = [r for r in run.rows("eval") if r.get("selection_loss") is not None]
-                    if selection is not None and previous:
-                        rising = rising + 1 if selection > previous[-1]["selection_loss"] else 0
-                    block = {}
-                    state["wall_time"] = time.perf_counter() - started
-                    row = {
-                        "step": step,
-                        "normalized_score": score,
-                        "return": result.mean_return,
-                        "selection_loss": selection,
-                        "wall_time": state["wall_time"],
-                        "episodes": result.episodes(),
-                    }
-                    run.append_row("eval", row)
-                    if config.save_traces:  # overwritten each time: the last is the final one
-                        from dql.traces import save_traces
 
-                        save_traces(
-                            run.path,
-                            result,
-                            info=info,
-                            env_id=config.env_id,
-                            max_episode_steps=config.max_episode_steps,
-                            metadata={"algorithm": algorithm, "step": step, "config": current},
-                        )
-                    writer.add_scalar("eval/normalized_score", score, step)
-                    writer.add_scalar("eval/return", result.mean_return, step)
-                    if config.keep_eval_checkpoints:
-                        atomic_torch_save(
-                            agent.state_dict(), run.path / f"checkpoints/eval_{step}.pt"
-                        )
-                    if score > state["best_score"]:
-                        state["best_score"], state["best_step"] = score, step
-                    bar.write(
-                        f"step {step}: normalized score {score:.1f} (return {result.mean_return:.1f})"
-                    )
-                    if config.early_stop_patience and rising >= config.early_stop_patience:
-                        bar.write(
-                            f"early stop at step {step}: {selection_metric} rose {rising} blocks in a row"
-                        )
-                        break
-                if step % config.checkpoint_interval == 0 or step == config.steps:
-                    check_health(step)
-                    state["wall_time"] = time.perf_counter() - started
-                    save_checkpoint(step)
-                bar.update(1)
-                if stop.requested:
-                    check_health(step)  # never save a diverged state over the last good one
-                    raise _StopRequested
-    except _StopRequested:  # between two steps: a consistent state, saved now
-        bar.close()
-        state["wall_time"] = time.perf_counter() - started
-        save_checkpoint(step)
+def _end_of_run(
+    exc: BaseException, run: RunDirectory, step: int, checkpoints: _Checkpoints
+) -> BaseException:
+    """The one cleanup path: record how the loop ended; return the exception to raise."""
+    if isinstance(exc, _StopRequested):  # between two steps: a consistent state, saved now
+        checkpoints.save(step, checked=True)
         run.set_status("interrupted", step=step)
-        writer.close()
-        raise TrainingInterrupted(
-            f"{stop.requested} at step {step}: checkpoint saved in {run.checkpoint_path}; "
+        return TrainingInterrupted(
+            f"{exc.args[0]} at step {step}: checkpoint saved in {run.checkpoint_path}; "
             "run the same command with --resume to continue"
-        ) from None
-    except KeyboardInterrupt:  # a second signal, maybe mid-update: keep the last checkpoint
-        bar.close()
+        )
+    if isinstance(exc, KeyboardInterrupt):  # a second signal, maybe mid-update: keep the last
         run.set_status("interrupted", step=step)
-        writer.close()
         how = (
             f"--resume continues from the last checkpoint, {run.checkpoint_path}"
             if run.checkpoint_path.exists()
             else "no checkpoint was saved yet, so --resume starts over"
         )
-        raise TrainingInterrupted(f"interrupted during step {step + 1}; {how}") from None
-    except DivergenceError as exc:
-        bar.close()
+        return TrainingInterrupted(f"interrupted during step {step + 1}; {how}")
+    if isinstance(exc, DivergenceError):
         run.set_status("failed", step=step, error=f"diverged: {exc}")
-        writer.close()
         kept = (
             f"the last good checkpoint is {run.checkpoint_path}"
             if run.checkpoint_path.exists()
             else "no checkpoint was saved before it"
         )
-        raise DivergenceError(f"{exc}; the run is marked failed, {kept}") from None
-    except BaseException as exc:
-        bar.close()
-        run.set_status("failed", step=step, error=f"{type(exc).__name__}: {exc}")
-        writer.close()
-        raise
-    bar.close()
-    writer.close()
-    run.write_csv("metrics")
-    run.write_csv("eval")
-    result = summarize(run, algorithm, config)
-    atomic_write_json(run.path / "result.json", result)
-    run.set_status("complete", step=step)
-    return result
+        return DivergenceError(f"{exc}; the run is marked failed, {kept}")
+    run.set_status("failed", step=step, error=f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+def _check_finite(values: dict[str, float], step: int) -> None:
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        raise DivergenceError(f"non-finite {', '.join(bad)} at step {step}")
 
 
 def summarize(run: RunDirectory, algorithm: str, config: TrainConfig) -> dict[str, Any]:
