@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from dql.actors import DeterministicActor, GaussianActor, observations_tensor
 from dql.batched_seeds import per_seed
 from dql.buffer import Batch
 from dql.cli import run_cli
 from dql.nets import Precision, at_config_precision, make_optimizer
-from dql.policies_common import DeterministicActor, GaussianActor, observations_tensor
 from dql.training import Checkpointed, TrainConfig, resolve_device, run_training, spec
 
 ALGORITHM = "bc"

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dql.actors import frozen_copy, observations_tensor, one_pass_is_faster
 from dql.batched_seeds import per_seed
 from dql.buffer import Batch
 from dql.cli import run_cli
@@ -39,7 +40,6 @@ from dql.nets import (
     mlp,
     polyak_update,
 )
-from dql.policies_common import frozen_copy, observations_tensor, one_pass_is_faster
 from dql.training import Checkpointed, TrainConfig, resolve_device, run_training, spec
 
 ALGORITHM = "bcq"

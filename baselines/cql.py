@@ -32,7 +32,7 @@ standardised observations; AntMaze the Lagrange variant with cql_alpha 5 and tar
 states; pen cql_alpha 1 (experiments/hyperparams/cql.toml). The actor is CORL's: 3 x 256, its
 hidden layers at torch's default init, its output layer xavier-uniform with gain 1e-2 and zero
 bias, log sigma(s) = m f(s) + b with learned scalars m (from 1) and b (from -1), so every
-action dimension starts at mean ~0 and std ~e^-1 = 0.37 (dql.policies_common.TanhGaussianActor).
+action dimension starts at mean ~0 and std ~e^-1 = 0.37 (dql.actors.TanhGaussianActor).
 The critics are orthogonally initialised (gain sqrt 2, output layer 1e-2), as CORL's.
 
 Deliberate deviations: no initial BC warm-up of the policy (CORL's default bc_steps is 0 too);
@@ -50,6 +50,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from dql.actors import (
+    TanhGaussianActor,
+    frozen_copy,
+    observations_tensor,
+    one_pass_is_faster,
+    orthogonal_init_,
+)
 from dql.batched_seeds import per_seed
 from dql.buffer import Batch
 from dql.cli import run_cli
@@ -60,13 +67,6 @@ from dql.nets import (
     at_config_precision,
     make_optimizer,
     polyak_update,
-)
-from dql.policies_common import (
-    TanhGaussianActor,
-    frozen_copy,
-    observations_tensor,
-    one_pass_is_faster,
-    orthogonal_init_,
 )
 from dql.training import Checkpointed, TrainConfig, resolve_device, run_training, spec
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dql.actors import DeterministicActor, frozen_copy, observations_tensor
 from dql.batched_seeds import per_seed
 from dql.buffer import Batch
 from dql.cli import run_cli
@@ -33,7 +34,6 @@ from dql.nets import (
     make_optimizer,
     polyak_update,
 )
-from dql.policies_common import DeterministicActor, frozen_copy, observations_tensor
 from dql.training import Checkpointed, TrainConfig, resolve_device, run_training, spec
 
 ALGORITHM = "td3bc"

@@ -1,4 +1,5 @@
-"""Policy heads and small helpers that more than one baseline needs, written once.
+"""Actor heads and small helpers that more than one baseline needs, written once (the trained
+behaviour policies that build datasets are elsewhere: dql/policies/).
 
 - `DeterministicActor`: a = max_action * tanh(f(s)) (TD3+BC, BC by MSE, IQL's deterministic
   variant).

@@ -364,10 +364,10 @@ def test_cql_penalty_pushes_q_down_on_out_of_data_actions():
 def test_sampled_actions_give_the_same_values_in_one_pass_or_many(monkeypatch):
     """CQL's penalty and BCQ's target are computed in cache-sized passes on a CPU when the
     networks are large: the values must not depend on it (same draws, same maths)."""
-    from dql import policies_common
+    from dql import actors
 
     def values(cache: int) -> tuple[torch.Tensor, torch.Tensor]:
-        monkeypatch.setattr(policies_common, "CPU_CACHE_FLOATS", cache)
+        monkeypatch.setattr(actors, "CPU_CACHE_FLOATS", cache)
         torch.manual_seed(0)
         cql_agent = cql.CQL(3, 2, 1.0, cql.Config(device="cpu", **TINY))
         bcq_agent = bcq.BCQ(3, 2, 1.0, bcq.Config(device="cpu", vae_hidden=(16, 16), **TINY))

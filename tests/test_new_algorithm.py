@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from dql.nets import make_optimizer
-from dql.policies_common import DeterministicActor
+from dql.actors import DeterministicActor
 from dql.training import TrainConfig, run_training
 
 

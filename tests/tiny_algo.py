@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dql.actors import DeterministicActor
 from dql.nets import make_optimizer, mlp
-from dql.policies_common import DeterministicActor
 from dql.training import TrainConfig, run_training
 
 ALGORITHM = "tiny_bc"
