@@ -901,13 +901,16 @@ def run_sweep(
     summary = ", ".join(
         f"{report.count(s)} {s}" for s in ("complete", "failed", "busy") if report.count(s)
     )
-    resumed = sum(1 for s in to_run if report.runs[s.key].get("resume"))
+    from dql.runs import RunDirectory
+
+    # an interrupted run without its checkpoint (another machine) starts over in its directory
+    resumed = sum(1 for s in to_run if RunDirectory(s.run_dir).checkpoint_path.exists())
     echo(
         f"sweep {sweep.name}: {len(runs)} runs in {out}"
         + (f"; {summary}" if summary else "")
         + f"; {len(to_run)} to run"
         + (f" (--only {' '.join(only)})" if only else "")
-        + (f" ({resumed} resumed from checkpoints)" if resumed else "")
+        + (f" ({resumed} resumed from their checkpoints)" if resumed else "")
         + (f" on {n_workers} {backend} workers" if to_run and backend == "local" else "")
         + (" on Ray" if to_run and backend == "ray" else "")
     )

@@ -519,7 +519,7 @@ def test_a_ray_driver_interrupted_and_restarted_finishes_the_sweep(
         assert 0 < stopped_at < 3000
         again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    assert "1 resumed from checkpoints" in again.stdout
+    assert "1 resumed from their checkpoints" in again.stdout
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
     assert steps == list(range(50, 3001, 50))  # continued, no step logged twice
     assert len(list((run_dir / "tb").glob("events.*"))) == 2  # a second writer: it resumed
