@@ -50,6 +50,7 @@ from dql.data import load_dataset, resolve_ref_scores, task_name  # noqa: E402
 from dql.evaluation import evaluate  # noqa: E402
 from dql.runs import RunDirectory, atomic_write_json, git_commit  # noqa: E402
 from dql.sweep import load_sweep, plan_runs  # noqa: E402
+from dql.training import summarize  # noqa: E402
 
 SUFFIX = "_d3rlpy"
 
@@ -141,23 +142,10 @@ def train_one(spec: Any, out: Path) -> dict[str, Any]:
                 old.unlink()
         run.set_status("running", step=step)
         print(f"{run.path}: step {step} normalized score {row['normalized_score']:.1f}", flush=True)
-    evals = run.rows("eval")
-    final, best = evals[-1], max(evals, key=lambda r: r["normalized_score"])
-    summary = {
-        "algorithm": f"{name}{SUFFIX}",
-        "dataset": config.dataset,
-        "seed": config.seed,
-        "steps": final["step"],
-        "final_score": final["normalized_score"],
-        "final_return": final["return"],
-        "best_score": best["normalized_score"],
-        "best_step": best["step"],
-        "wall_time": final["wall_time"],
-        "eval_episodes": config.eval_episodes,
-    }
+    summary = summarize(run, f"{name}{SUFFIX}", config)  # the scores, as every run has them
     atomic_write_json(run.path / "result.json", summary)
     run.write_csv("eval")
-    run.set_status("complete", step=final["step"])
+    run.set_status("complete", step=summary["steps"])
     return summary
 
 
