@@ -921,7 +921,13 @@ def run_sweep(
     if dry_run:
         for spec in to_run:
             config = importlib.import_module(spec.module).Config(**spec.config)
-            how = "resume" if report.runs[spec.key].get("resume") else "start"
+            how = (
+                "resume"
+                if RunDirectory(spec.run_dir).checkpoint_path.exists()
+                else "start over"
+                if report.runs[spec.key].get("resume")
+                else "start"
+            )
             echo(
                 f"  would {how} {spec.key}: {config.steps} steps, evaluation every "
                 f"{config.eval_interval} ({config.eval_episodes} episodes)"
