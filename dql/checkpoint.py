@@ -84,7 +84,8 @@ class Checkpointed:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = {k: v for k, v in state.items() if k not in SEED_BATCH_KEYS}
-        expected = {**stateful_attributes(self), **{n: getattr(self, n) for n in self.extra_state}}
+        stateful = stateful_attributes(self)
+        expected = {**stateful, **{n: getattr(self, n) for n in self.extra_state}}
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:
@@ -99,7 +100,7 @@ class Checkpointed:
                     if part
                 )
             )
-        for name, value in stateful_attributes(self).items():
+        for name, value in stateful.items():
             if isinstance(value, torch.Generator):
                 value.set_state(state[name].cpu())
             else:

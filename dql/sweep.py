@@ -300,6 +300,16 @@ def plan_runs(sweep: Sweep, out_dir: str | os.PathLike) -> list[RunSpec]:
     return runs
 
 
+def select_runs(runs: Sequence[RunSpec], globs: Sequence[str]) -> list[RunSpec]:
+    """The runs whose key (ALGORITHM/TASK/seed_N) matches one of `globs` (--only); a glob that
+    matches nothing is an error naming it."""
+    unmatched = [g for g in globs if not any(fnmatch.fnmatchcase(s.key, g) for s in runs)]
+    if unmatched:
+        example = f"; keys look like {runs[0].key}" if runs else ""
+        raise UserError(f"--only {' '.join(unmatched)} matches no run of the sweep{example}")
+    return [s for s in runs if any(fnmatch.fnmatchcase(s.key, g) for g in globs)]
+
+
 def group_by_task(runs: Iterable[RunSpec]) -> dict[tuple[str, str], list[RunSpec]]:
     """Runs grouped by (algorithm, dataset): the unit a batched-seeds trainer would take."""
     groups: dict[tuple[str, str], list[RunSpec]] = {}
@@ -859,13 +869,7 @@ def run_sweep(
         if not dry_run:
             _check_reachable(address)
     runs = plan_runs(sweep, out)
-    if only:
-        unmatched = [g for g in only if not any(fnmatch.fnmatchcase(s.key, g) for s in runs)]
-        if unmatched:
-            raise UserError(
-                f"--only {' '.join(unmatched)} matches no run of sweep {sweep.name}; "
-                f"keys look like {runs[0].key}"
-            )
+    selected = {spec.key for spec in select_runs(runs, only)} if only else None
     out.mkdir(parents=True, exist_ok=True)
     if sweep.text:
         (out / "sweep.toml").write_text(sweep.text)
@@ -893,7 +897,7 @@ def run_sweep(
                 resume=state == "interrupted",
                 **({"attempts": previous["attempts"]} if "attempts" in previous else {}),
             )
-            if not only or any(fnmatch.fnmatchcase(spec.key, g) for g in only):
+            if selected is None or spec.key in selected:
                 to_run.append(spec)
 
     n_workers = workers or _cpu_count()

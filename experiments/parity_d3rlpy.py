@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -47,10 +46,11 @@ for path in (ROOT, ROOT / "experiments"):
 from crosscheck_d3rlpy import d3rlpy_algorithm, d3rlpy_dataset  # noqa: E402
 
 from dql.data import load_dataset, resolve_ref_scores, task_name  # noqa: E402
+from dql.errors import UserError  # noqa: E402
 from dql.evaluation import evaluate  # noqa: E402
-from dql.runs import RunDirectory, atomic_write_json, git_commit  # noqa: E402
-from dql.sweep import load_sweep, plan_runs  # noqa: E402
-from dql.training import summarize  # noqa: E402
+from dql.runs import RunDirectory, atomic_write_json, git_commit, read_json  # noqa: E402
+from dql.sweep import load_sweep, plan_runs, select_runs  # noqa: E402
+from dql.training import _check_resume_config, fields_with_role, summarize  # noqa: E402
 
 SUFFIX = "_d3rlpy"
 
@@ -64,6 +64,10 @@ def train_one(spec: Any, out: Path) -> dict[str, Any]:
     config = module.Config(**spec.config)
     name = spec.algorithm
     run = RunDirectory(out / f"{name}{SUFFIX}" / task_name(config.dataset) / f"seed_{config.seed}")
+    saved = run.path / "config.json"
+    if saved.exists():  # a rerun continues only the run it started, as a training run does
+        resumable = fields_with_role(type(config), "resumable")
+        _check_resume_config(read_json(saved)["config"], dataclasses.asdict(config), resumable)
     if run.is_complete():
         return run.result()
     torch.set_num_threads(max(config.num_threads, 1))
@@ -73,13 +77,6 @@ def train_one(spec: Any, out: Path) -> dict[str, Any]:
     d3rlpy.seed(config.seed)
     algo = d3rlpy_algorithm(name, config, config.steps, info.action_high)
     dataset = d3rlpy_dataset(data)
-    saved = run.path / "config.json"
-    if saved.exists():  # a rerun continues only the run it started
-        before = json.loads(saved.read_text())["config"]
-        now = json.loads(json.dumps(dataclasses.asdict(config)))
-        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
-        if changed:
-            raise SystemExit(f"error: {run.path} holds a run with other settings ({changed})")
     models = run.path / "checkpoints"
     evals = run.rows("eval") if (run.path / "eval.jsonl").exists() else []
     done = evals[-1]["step"] if evals else 0
@@ -227,18 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         print(report(out, Path(args.ours)))
         return 0
-    import fnmatch
-
-    specs = [
-        s
-        for s in plan_runs(load_sweep(args.sweep), out)
-        if any(fnmatch.fnmatchcase(s.key, g) for g in args.only)
-    ]
-    if not specs:
-        print(f"error: --only {' '.join(args.only)} matches no run", file=sys.stderr)
+    try:
+        specs = select_runs(plan_runs(load_sweep(args.sweep), out), args.only)
+        results = [(spec, train_one(spec, out)) for spec in specs]
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    for spec in specs:
-        result = train_one(spec, out)
+    for spec, result in results:
         print(
             f"{spec.key} (d3rlpy): final {result['final_score']:.1f}, best {result['best_score']:.1f}"
         )
