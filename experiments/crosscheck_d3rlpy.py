@@ -40,7 +40,6 @@ import platform
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -68,70 +67,21 @@ D3RLPY_NAMES = {"td3bc": "TD3PlusBC", "iql": "IQL", "cql": "CQL", "bcq": "BCQ", 
 HIDDEN = (256, 256)
 BATCH_SIZE = 256
 HOPPER = "local/hopper/medium-v0"
-FALLBACK = "local/invertedpendulum/stretches-v0"
+FALLBACK = "local/pendulum/stretches-v0"
 
 
 # --------------------------------------------------------------------------- dataset
 
 
 def build_fallback_dataset(root: Path) -> str:
-    """Mixed-quality InvertedPendulum-v5 (time limit 100, 10k steps): a good linear controller
-    K s interrupted, with probability 0.4 per step, by 1-4 steps of -0.5 K s."""
-    import gymnasium as gym
-    import minari
-    from minari.data_collector import EpisodeBuffer
+    """Mixed-quality InvertedPendulum-v5 (dql data build pendulum-stretches: time limit 100,
+    10k steps): a good linear controller K s interrupted, with probability 0.4 per step, by 1-4
+    steps of -0.5 K s."""
+    from dql.builders.pendulum import build_pendulum
 
     os.environ["MINARI_DATASETS_PATH"] = str(root)
-    if (root / FALLBACK / "data").is_dir():
-        return FALLBACK
-    gains = np.array([1.0, 20.0, 2.0, 3.0])
-    env = gym.make("InvertedPendulum-v5", max_episode_steps=100)
-    rng, episodes, steps = np.random.default_rng(0), [], 0
-    while steps < 10_000:
-        obs, _ = env.reset(seed=len(episodes))
-        observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
-        bad_left = 0
-        while True:
-            if bad_left == 0 and rng.random() < 0.4:
-                bad_left = int(rng.integers(1, 5))
-            gain = -0.5 if bad_left > 0 else 1.0
-            bad_left = max(bad_left - 1, 0)
-            action = np.clip([gain * gains @ obs], -3.0, 3.0).astype(np.float32)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            steps += 1
-            truncated = truncated or steps >= 10_000
-            observations.append(obs)
-            actions.append(action)
-            rewards.append(float(reward))
-            terminations.append(bool(terminated))
-            truncations.append(bool(truncated))
-            if terminated or truncated:
-                break
-        episodes.append(
-            EpisodeBuffer(
-                id=len(episodes),
-                seed=len(episodes),
-                observations=np.stack(observations),
-                actions=np.stack(actions),
-                rewards=rewards,
-                terminations=terminations,
-                truncations=truncations,
-                infos={},
-            )
-        )
-    with warnings.catch_warnings():  # author, permalink, eval_env: not ours to give
-        warnings.simplefilter("ignore", UserWarning)
-        minari.create_dataset_from_buffers(
-            FALLBACK,
-            episodes,
-            env=env.spec,
-            algorithm_name="linear controller with destabilising stretches",
-            description="InvertedPendulum-v5, good controller K s with stretches of -0.5 K s",
-            ref_min_score=5.0,  # a uniformly random policy's return
-            ref_max_score=100.0,  # the time limit
-            data_format="hdf5",
-        )
-    env.close()
+    if not (root / FALLBACK / "data").is_dir():
+        build_pendulum("stretches", dataset_id_override=FALLBACK, progress=False)
     return FALLBACK
 
 

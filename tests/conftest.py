@@ -12,8 +12,6 @@ import torch
 
 torch.set_num_threads(1)
 
-PENDULUM_GAINS = np.array([1.0, 20.0, 2.0, 3.0])  # a linear controller that balances the pole
-
 
 def build_minari_dataset(
     dataset_id: str,
@@ -27,53 +25,31 @@ def build_minari_dataset(
     ref_max_score: float | None = None,
     eval_env: str | None = None,
 ) -> str:
-    """Roll `policy(obs, rng, episode)` in `env_id` and store the episodes as a Minari dataset
-    (HDF5) in $MINARI_DATASETS_PATH, with per-episode reset seeds seed + episode."""
+    """Roll `policy(obs, rng, episode)` in `env_id` through the builders' rollout (reset seeds
+    seed + i, one generator per episode, actions clipped to the box) and store the episodes as
+    a Minari dataset (HDF5) in $MINARI_DATASETS_PATH."""
     import minari
-    from minari.data_collector import EpisodeBuffer
+
+    from dql.builders.common import collect_episodes
 
     if "Maze" in env_id:
         import gymnasium_robotics
 
         gym.register_envs(gymnasium_robotics)
-    kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-    env = gym.make(env_id, **kwargs)
-    rng = np.random.default_rng(seed)
-    buffers, steps, episode = [], 0, 0
-    while steps < num_steps:
-        obs, _ = env.reset(seed=seed + episode)
-        observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
-        while True:
-            action = np.asarray(policy(obs, rng, episode), np.float32)
-            action = np.clip(action, env.action_space.low, env.action_space.high)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            observations.append(obs)
-            actions.append(action)
-            rewards.append(float(reward))
-            terminations.append(bool(terminated))
-            truncations.append(bool(truncated))
-            steps += 1
-            if terminated or truncated:
-                break
-            if steps >= num_steps:  # cut the last episode short: a truncation, not a terminal
-                truncations[-1] = True
-                break
-        buffers.append(
-            EpisodeBuffer(
-                id=episode,
-                seed=seed + episode,
-                observations=_stack(observations),
-                actions=np.stack(actions),
-                rewards=rewards,
-                terminations=terminations,
-                truncations=truncations,
-                infos={},
-            )
-        )
-        episode += 1
+    env = gym.make(
+        env_id, **({} if max_episode_steps is None else {"max_episode_steps": max_episode_steps})
+    )
+    low, high = env.action_space.low, env.action_space.high
+
+    def episode_policy(episode: int) -> Callable:
+        return lambda obs, rng: np.clip(policy(obs, rng, episode), low, high)
+
+    episodes = collect_episodes(
+        env_id, None, num_steps, seed, max_episode_steps, False, episode_policy=episode_policy
+    )
     minari.create_dataset_from_buffers(
         dataset_id,
-        buffers,
+        episodes,
         env=env.spec,
         eval_env=eval_env,
         algorithm_name="test-controller",
@@ -85,10 +61,15 @@ def build_minari_dataset(
     return dataset_id
 
 
-def _stack(items: list) -> object:
-    if isinstance(items[0], dict):
-        return {k: _stack([item[k] for item in items]) for k in items[0]}
-    return np.stack(items)
+def build_pendulum_dataset(behaviour: str, dataset_id: str, **kwargs) -> str:
+    """One of dql.builders.pendulum's datasets (the demo's and crosscheck's recipes) under
+    `dataset_id`, quietly, with 20 reference episodes."""
+    from dql.builders.pendulum import build_pendulum
+
+    build_pendulum(
+        behaviour, dataset_id_override=dataset_id, ref_episodes=20, progress=False, **kwargs
+    )
+    return dataset_id
 
 
 @pytest.fixture
@@ -99,34 +80,15 @@ def minari_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-def pendulum_policy(noise_levels: tuple[float, ...]) -> Callable:
-    """Linear balancing controller + Gaussian noise whose scale cycles per episode."""
-
-    def policy(obs: np.ndarray, rng: np.random.Generator, episode: int) -> np.ndarray:
-        sigma = noise_levels[episode % len(noise_levels)]
-        return np.array([PENDULUM_GAINS @ obs + sigma * rng.normal()])
-
-    return policy
-
-
 @pytest.fixture(scope="session")
 def pendulum_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """Mixed-quality InvertedPendulum-v5 data (time limit 200): returns (store path, id).
-    ref_min = a random policy's return (~5), ref_max = the 200-step limit."""
+    """Mixed-quality InvertedPendulum-v5 data (pendulum-noisy: 20k steps, time limit 200):
+    returns (store path, id). ref_min = a random policy's return (~5), ref_max = 200."""
     root = tmp_path_factory.mktemp("pendulum_minari")
     mp = pytest.MonkeyPatch()
     mp.setenv("MINARI_DATASETS_PATH", str(root))
     try:
-        build_minari_dataset(
-            "test/pendulum/mixed-v0",
-            "InvertedPendulum-v5",
-            pendulum_policy((0.0, 1.5, 3.0, 6.0)),
-            20_000,
-            seed=0,
-            max_episode_steps=200,
-            ref_min_score=5.0,
-            ref_max_score=200.0,
-        )
+        build_pendulum_dataset("noisy", "test/pendulum/mixed-v0")
     finally:
         mp.undo()
     return str(root), "test/pendulum/mixed-v0"

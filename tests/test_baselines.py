@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import PENDULUM_GAINS, build_minari_dataset
+from conftest import build_pendulum_dataset
 
 from baselines import bc, bcq, cql, iql, td3bc
 from dql.data import load_dataset
@@ -36,40 +36,14 @@ SMALL = {"hidden": (64, 64)}
 TINY = {"hidden": (16, 16)}  # CLI and resume tests: plumbing, not learning
 
 
-def stretch_policy(start_probability: float = 0.4, longest: int = 4, bad_gain: float = 0.5):
-    """Good controller K s, interrupted by stretches of 1..`longest` steps of -bad_gain K s."""
-    state = {"episode": -1, "left": 0}
-
-    def policy(obs: np.ndarray, rng: np.random.Generator, episode: int) -> np.ndarray:
-        if episode != state["episode"]:
-            state["episode"], state["left"] = episode, 0
-        if state["left"] == 0 and rng.random() < start_probability:
-            state["left"] = int(rng.integers(1, longest + 1))
-        if state["left"] > 0:
-            state["left"] -= 1
-            return np.array([-bad_gain * PENDULUM_GAINS @ obs])
-        return np.array([PENDULUM_GAINS @ obs])
-
-    return policy
-
-
 @pytest.fixture(scope="session")
 def mixed_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """(store path, id) of the mixed dataset: 10k steps; ref_min 5 = a random policy's return."""
+    """(store path, id) of the mixed dataset (pendulum-stretches: 10k steps, time limit 100)."""
     root = tmp_path_factory.mktemp("stretches_minari")
     mp = pytest.MonkeyPatch()
     mp.setenv("MINARI_DATASETS_PATH", str(root))
     try:
-        build_minari_dataset(
-            MIXED_ID,
-            "InvertedPendulum-v5",
-            stretch_policy(),
-            10_000,
-            seed=0,
-            max_episode_steps=100,
-            ref_min_score=5.0,
-            ref_max_score=100.0,
-        )
+        build_pendulum_dataset("stretches", MIXED_ID)
     finally:
         mp.undo()
     return str(root), MIXED_ID
@@ -152,7 +126,7 @@ OFFLINE_RL = {
     "td3bc": (2000, dict(reward_transform="antmaze", discount=0.9, alpha=5.0)),
     "iql": (1000, {}),
     "cql": (1000, dict(actor_lr=1e-3, critic_lr=1e-3, batch_size=128, actor_hidden=(64, 64, 64))),
-    "bcq": (4000, dict(vae_hidden=(64, 64))),
+    "bcq": (8000, dict(vae_hidden=(64, 64))),
 }
 
 

@@ -8,12 +8,11 @@ import dataclasses
 import json
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import tomllib
 import torch
-from conftest import PENDULUM_GAINS
+from conftest import build_pendulum_dataset
 from tiny_algo import TanhMlpBC as TinyBC  # MSE BC through a tanh MLP
 from torch import nn
 
@@ -410,66 +409,12 @@ def test_every_table_entry_names_config_fields() -> None:
 # --------------------------------------------------------------------------- learning
 
 
-def build_flip_dataset(dataset_id: str, num_steps: int, seed: int = 0) -> str:
-    """InvertedPendulum-v5 data where each step takes the balancing controller's action or its
-    negation with probability 1/2 each (+ N(0, 0.3^2) noise). The mean action is ~0, so MSE
-    behaviour cloning cannot balance; the good half is identifiable only by its value.
-    Episodes start from random cart positions and pole angles so that the data covers the
-    states a balancing policy visits, not only the first steps after a reset."""
-    import minari
-    from minari.data_collector import EpisodeBuffer
-
-    env = gym.make("InvertedPendulum-v5", max_episode_steps=200)
-    rng = np.random.default_rng(seed)
-    buffers, steps = [], 0
-    while steps < num_steps:
-        env.reset(seed=seed + len(buffers))
-        qpos = np.array([rng.uniform(-0.7, 0.7), rng.uniform(-0.1, 0.1)])
-        env.unwrapped.set_state(qpos, rng.normal(0.0, 0.2, 2))
-        obs = env.unwrapped._get_obs()
-        observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
-        while True:
-            sign = 1.0 if rng.random() < 0.5 else -1.0
-            action = np.clip([sign * PENDULUM_GAINS @ obs + 0.3 * rng.normal()], -3, 3)
-            obs, reward, terminated, truncated, _ = env.step(action.astype(np.float32))
-            observations.append(obs)
-            actions.append(action.astype(np.float32))
-            rewards.append(float(reward))
-            terminations.append(bool(terminated))
-            truncations.append(bool(truncated) or steps + 1 >= num_steps)
-            steps += 1
-            if terminations[-1] or truncations[-1]:
-                break
-        buffers.append(
-            EpisodeBuffer(
-                id=len(buffers),
-                observations=np.stack(observations),
-                actions=np.stack(actions),
-                rewards=rewards,
-                terminations=terminations,
-                truncations=truncations,
-                infos={},
-            )
-        )
-    minari.create_dataset_from_buffers(
-        dataset_id,
-        buffers,
-        env=env.spec,
-        algorithm_name="balance-or-flip",
-        ref_min_score=5.0,
-        ref_max_score=200.0,
-        data_format="hdf5",
-    )
-    env.close()
-    return dataset_id
-
-
 @pytest.fixture(scope="module")
 def flip_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     root = tmp_path_factory.mktemp("flip_minari")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MINARI_DATASETS_PATH", str(root))
-        build_flip_dataset("test/pendulum/flip-v0", 10_000)
+        build_pendulum_dataset("flip", "test/pendulum/flip-v0")  # MSE BC cannot balance
     return str(root), "test/pendulum/flip-v0"
 
 

@@ -2,6 +2,7 @@
 
 python -m dql.builders.cli build hopper-medium --size 20000
 python -m dql.builders.cli build pointmaze-umaze-dense
+python -m dql.builders.cli build pendulum-flip          # seconds; the demo's dataset
 python -m dql.builders.cli list
 """
 
@@ -19,27 +20,32 @@ LOCOMOTION_ENVS = ("hopper", "halfcheetah", "walker2d", "ant")
 def dataset_names() -> list[str]:
     """Every name `dql data build` accepts."""
     from dql.builders.locomotion import QUALITIES
+    from dql.builders.pendulum import BEHAVIOURS
     from dql.builders.pointmaze import MAZE_NAMES
 
-    return [f"{e}-{q}" for e in LOCOMOTION_ENVS for q in QUALITIES] + [
-        f"pointmaze-{m}" for m in MAZE_NAMES
-    ]
+    return (
+        [f"{e}-{q}" for e in LOCOMOTION_ENVS for q in QUALITIES]
+        + [f"pointmaze-{m}" for m in MAZE_NAMES]
+        + [f"pendulum-{b}" for b in BEHAVIOURS]
+    )
 
 
 def parse_name(name: str) -> tuple[str, str]:
     """'hopper-medium-replay' -> ('hopper', 'medium-replay'); 'pointmaze-umaze' -> ('pointmaze', 'umaze')."""
     if name not in dataset_names():
-        envs = ", ".join((*LOCOMOTION_ENVS, "pointmaze"))
+        envs = ", ".join((*LOCOMOTION_ENVS, "pointmaze", "pendulum"))
         if name.startswith("antmaze"):
             raise UserError(
                 "antmaze datasets are not built locally: load Minari's D4RL/antmaze/* datasets"
             )
         from dql.builders.locomotion import QUALITIES
+        from dql.builders.pendulum import BEHAVIOURS
         from dql.builders.pointmaze import MAZE_NAMES
 
         raise UserError(
             f"unknown dataset {name!r}; valid: <env>-<quality> with env in {envs}, quality in "
-            f"{', '.join(QUALITIES)} (locomotion) or {', '.join(MAZE_NAMES)} (pointmaze)"
+            f"{', '.join(QUALITIES)} (locomotion), {', '.join(MAZE_NAMES)} (pointmaze) or "
+            f"{', '.join(BEHAVIOURS)} (pendulum)"
         )
     env, rest = name.split("-", 1)
     return env, rest
@@ -55,16 +61,17 @@ def make_parser() -> argparse.ArgumentParser:
         "build",
         help="build one dataset into the Minari store ($MINARI_DATASETS_PATH or ~/.minari/datasets)",
         description="Build <env>-<quality> (hopper, halfcheetah, walker2d, ant x random, medium, "
-        "medium-replay, medium-expert, expert) or pointmaze-<maze> (umaze, medium, large, each "
-        "also -dense). Ids: local/<env>/<quality>-v0, local/pointmaze/<maze>-v0.",
+        "medium-replay, medium-expert, expert), pointmaze-<maze> (umaze, medium, large, each "
+        "also -dense) or pendulum-<behaviour> (flip, noisy, stretches: small InvertedPendulum "
+        "sets from a linear controller). Ids: local/<env>/<quality>-v0, local/pointmaze/<maze>-v0.",
     )
     build.add_argument("name", help="e.g. hopper-medium, walker2d-medium-replay, pointmaze-umaze")
     build.add_argument(
         "--size",
         type=int,
-        default=1_000_000,
-        help="transitions to collect "
-        "(medium-expert: per half; medium-replay: ignored, the buffer decides)",
+        default=None,
+        help="transitions to collect (default 1,000,000; pendulum: 10,000-20,000; "
+        "medium-expert: per half; medium-replay: ignored, the buffer decides)",
     )
     build.add_argument("--seed", type=int, default=0, help="episode i resets with seed + i")
     build.add_argument(
@@ -98,7 +105,8 @@ def make_parser() -> argparse.ArgumentParser:
         "--max-episode-steps",
         type=int,
         default=None,
-        help="locomotion: time limit of the data-collection env (default: env's)",
+        help="locomotion, pendulum: time limit of the data-collection env (default: env's; "
+        "pendulum: the behaviour's)",
     )
     build.add_argument(
         "--chunk",
@@ -122,14 +130,29 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(dataset_names()))
             return 0
         env, rest = parse_name(args.name)
-        if env == "pointmaze":
+        if env == "pendulum":
+            if args.train_steps is not None or args.chunk is not None:
+                raise UserError("--train-steps and --chunk are not for pendulum datasets")
+            from dql.builders.pendulum import build_pendulum
+
+            report = build_pendulum(
+                rest,
+                size=args.size,
+                seed=args.seed,
+                dataset_id_override=args.out,
+                max_episode_steps=args.max_episode_steps,
+                ref_episodes=args.ref_episodes,
+                overwrite=args.overwrite,
+                progress=not args.no_progress,
+            )
+        elif env == "pointmaze":
             if args.max_episode_steps is not None or args.train_steps is not None:
                 raise UserError("--max-episode-steps and --train-steps are for locomotion datasets")
             from dql.builders.pointmaze import build_pointmaze
 
             report = build_pointmaze(
                 rest,
-                size=args.size,
+                size=1_000_000 if args.size is None else args.size,
                 seed=args.seed,
                 dataset_id_override=args.out,
                 noise=args.noise,
@@ -146,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             report = build_locomotion(
                 env,
                 rest,
-                size=args.size,
+                size=1_000_000 if args.size is None else args.size,
                 seed=args.seed,
                 dataset_id_override=args.out,
                 policy_dir=args.policy_dir,

@@ -96,6 +96,76 @@ def mean_return(
     return float(np.mean(returns))
 
 
+def collect_episodes(
+    env_id: str,
+    act: ActFn | None,
+    size: int,
+    seed: int,
+    max_episode_steps: int | None = None,
+    progress: bool = True,
+    label: str = "",
+    *,
+    episode_policy: Callable[[int], ActFn] | None = None,
+    start: Callable[[gym.Env, np.random.Generator], Any] | None = None,
+) -> list:
+    """Roll out `act` until `size` transitions; episode i is reset with seed + i and its action
+    noise comes from its own generator. The last episode is cut at `size` (a truncation).
+
+    `episode_policy(i)`, instead of `act`, gives episode i its own policy (per-episode state such
+    as a noise level); `start(env, rng)`, after the reset, may move the env to another initial
+    state and returns the observation there."""
+    from minari.data_collector import EpisodeBuffer
+    from tqdm import tqdm
+
+    if (act is None) == (episode_policy is None):
+        raise ValueError("give exactly one of act and episode_policy")
+    kwargs = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
+    env = gym.make(env_id, **kwargs)
+    episodes, total, index = [], 0, 0
+    with tqdm(total=size, desc=label or env_id, unit="step", disable=not progress) as bar:
+        while total < size:
+            rng = episode_rng(seed, index)
+            episode_act = act if episode_policy is None else episode_policy(index)
+            obs, _ = env.reset(seed=seed + index)
+            if start is not None:
+                obs = start(env, rng)
+            observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
+            while True:
+                # Step with exactly what is stored (float32), so replaying the data reproduces it.
+                action = np.asarray(episode_act(obs, rng), dtype=env.action_space.dtype)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                total += 1
+                cut = total >= size
+                observations.append(obs)
+                actions.append(action)
+                rewards.append(float(reward))
+                terminations.append(bool(terminated))
+                truncations.append(bool(truncated or (cut and not terminated)))
+                if terminated or truncated or cut:
+                    break
+            bar.update(len(actions))
+            episodes.append(
+                EpisodeBuffer(
+                    seed=seed + index,
+                    observations=_stack(observations),
+                    actions=np.asarray(actions, dtype=env.action_space.dtype),
+                    rewards=np.asarray(rewards),
+                    terminations=np.asarray(terminations),
+                    truncations=np.asarray(truncations),
+                )
+            )
+            index += 1
+    env.close()
+    return episodes
+
+
+def _stack(observations: list) -> Any:
+    """Per-step observations as one array, or a dict of arrays for dict observations."""
+    if isinstance(observations[0], dict):
+        return {key: _stack([obs[key] for obs in observations]) for key in observations[0]}
+    return np.asarray(observations)
+
+
 def minari_root() -> Path:
     from minari.storage.datasets_root_dir import get_dataset_path
 

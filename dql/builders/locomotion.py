@@ -29,7 +29,7 @@ from dql.builders.common import (
     ActFn,
     BuildReport,
     check_positive,
-    episode_rng,
+    collect_episodes,
     mean_return,
     minari_root,
     prepare_dataset_dir,
@@ -424,57 +424,6 @@ def train_behaviour_policies(
 # --------------------------------------------------------------------------------------------
 # Rollouts into Minari episode buffers
 # --------------------------------------------------------------------------------------------
-
-
-def collect_episodes(
-    env_id: str,
-    act: ActFn,
-    size: int,
-    seed: int,
-    max_episode_steps: int | None = None,
-    progress: bool = True,
-    label: str = "",
-) -> list:
-    """Roll out `act` until `size` transitions; episode i is reset with seed + i and its action
-    noise comes from its own generator. The last episode is cut at `size` (a truncation)."""
-    from minari.data_collector import EpisodeBuffer
-    from tqdm import tqdm
-
-    kwargs = {"max_episode_steps": max_episode_steps} if max_episode_steps else {}
-    env = gym.make(env_id, **kwargs)
-    episodes, total, index = [], 0, 0
-    with tqdm(total=size, desc=label or env_id, unit="step", disable=not progress) as bar:
-        while total < size:
-            rng = episode_rng(seed, index)
-            obs, _ = env.reset(seed=seed + index)
-            observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
-            while True:
-                # Step with exactly what is stored (float32), so replaying the data reproduces it.
-                action = np.asarray(act(obs, rng), dtype=env.action_space.dtype)
-                obs, reward, terminated, truncated, _ = env.step(action)
-                total += 1
-                cut = total >= size
-                observations.append(obs)
-                actions.append(action)
-                rewards.append(float(reward))
-                terminations.append(bool(terminated))
-                truncations.append(bool(truncated or (cut and not terminated)))
-                if terminated or truncated or cut:
-                    break
-            bar.update(len(actions))
-            episodes.append(
-                EpisodeBuffer(
-                    seed=seed + index,
-                    observations=np.asarray(observations),
-                    actions=np.asarray(actions, dtype=env.action_space.dtype),
-                    rewards=np.asarray(rewards),
-                    terminations=np.asarray(terminations),
-                    truncations=np.asarray(truncations),
-                )
-            )
-            index += 1
-    env.close()
-    return episodes
 
 
 def replay_episodes(run_dir: Path, steps: int, action_space: gym.spaces.Box) -> list:
