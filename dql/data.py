@@ -75,6 +75,7 @@ class DatasetInfo:
     ref_min_score: float | None = None
     ref_max_score: float | None = None
     observation_keys: tuple[str, ...] | None = None  # flattening order of dict observations
+    mean_episode_return: float | None = None  # the behaviour's level (a cut last episode counts)
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items()}
@@ -534,7 +535,7 @@ def _assemble(
         ref_max_score=None if ref_max is None else float(ref_max),
         observation_keys=keys,
     )
-    return Transitions(
+    transitions = Transitions(
         observations=observations,
         actions=actions,
         rewards=rewards,
@@ -544,6 +545,9 @@ def _assemble(
         episode_ids=episode_ids,
         info=info,
     )
+    returns = transitions.episode_returns()
+    info.mean_episode_return = float(returns.mean()) if len(returns) else None
+    return transitions
 
 
 def check_finite(transitions: Transitions) -> None:

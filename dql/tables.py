@@ -112,6 +112,7 @@ def collect_runs(root: str | Path, datasets: Sequence[str] | None = None) -> Run
     eval_rows, run_rows, excluded = [], [], []
     hashes: dict[str, set[str]] = {}  # dataset id -> content hashes seen
     commits: set[str] = set()
+    behaviour_cache: dict[tuple[str, str], float | None] = {}
     for path in find_run_dirs(root):
         run = RunDirectory(path)
         saved = read_json(path / "config.json") if (path / "config.json").exists() else None
@@ -161,6 +162,7 @@ def collect_runs(root: str | Path, datasets: Sequence[str] | None = None) -> Run
             continue
         final = max(evals, key=lambda r: r["step"])
         selected = result.get("selected_score")
+        behaviour = _behaviour_score(saved, behaviour_cache)
         run_rows.append(
             {
                 **key,
@@ -175,6 +177,7 @@ def collect_runs(root: str | Path, datasets: Sequence[str] | None = None) -> Run
                 "wall_time": float(result.get("wall_time", final.get("wall_time", math.nan))),
                 "config_hash": chash,
                 "dataset_hash": saved.get("dataset", {}).get("content_hash"),
+                "behaviour_score": behaviour,
                 "git_commit": saved.get("git_commit"),
                 "package_version": saved.get("package_version"),
                 "run_dir": _shown(path),
@@ -191,6 +194,36 @@ def collect_runs(root: str | Path, datasets: Sequence[str] | None = None) -> Run
         evaluations = evaluations.reset_index(drop=True)
     provenance = {"root": _shown(root), "datasets": hashes, "git_commits": sorted(commits)}
     return RunsTable(evaluations, runs, excluded, provenance)
+
+
+def _behaviour_score(saved: dict[str, Any], cache: dict[tuple[str, str], float | None]) -> float:
+    """The normalized mean episode return of the run's data: from its config.json, or (runs
+    saved before that was recorded) from the dataset in the store, if its content hash still
+    matches; NaN when neither is at hand."""
+    from dql.data import DatasetInfo, load_dataset, normalized_score, resolve_ref_scores
+
+    dataset, config = saved.get("dataset", {}), saved["config"]
+    mean_return = dataset.get("mean_episode_return")
+    if mean_return is None:
+        key = (config["dataset"], str(dataset.get("content_hash")))
+        if key not in cache:
+            cache[key] = None
+            try:
+                info = load_dataset(config["dataset"]).info
+                if info.content_hash == key[1]:
+                    cache[key] = info.mean_episode_return
+            except (UserError, OSError, ValueError):  # not in this store: no behaviour row
+                pass
+        mean_return = cache[key]
+    if mean_return is None or not dataset:
+        return math.nan
+    try:
+        low, high = resolve_ref_scores(
+            DatasetInfo.from_dict(dataset), config.get("ref_min_score"), config.get("ref_max_score")
+        )
+    except (UserError, KeyError):  # no reference scores anywhere: no normalized level
+        return math.nan
+    return float(normalized_score(mean_return, low, high))
 
 
 # --------------------------------------------------------------------------- statistics
@@ -362,11 +395,16 @@ def _cells(
 ) -> tuple[list[str], list[tuple[str, list[tuple[str, bool]]]]]:
     """Rows (label, [(cell text, is best)]) of a score table: tasks then domain averages."""
     summary = summary_table(runs, kind)
+    behaviour = (
+        runs.groupby("task")["behaviour_score"].mean()
+        if "behaviour_score" in runs
+        else pd.Series(dtype=float)
+    )
     rows = []
     for task in sorted(summary["task"].unique()):
         mine = summary[summary["task"] == task].set_index("algorithm")
         best = mine["mean"].max()
-        cells = []
+        cells = [(_fmt(behaviour.get(task, math.nan)), False)]
         for algorithm in algorithms:
             if algorithm not in mine.index:
                 cells.append(("–", False))
@@ -380,13 +418,14 @@ def _cells(
     for domain in sorted(averages["domain"].unique()):
         mine = averages[averages["domain"] == domain].set_index("algorithm")["mean"]
         best = mine.max()
-        cells = []
+        tasks = [t for t in behaviour.index if t.split("-")[0] == domain]
+        cells = [(_fmt(behaviour[tasks].mean() if tasks else math.nan), False)]
         for algorithm in algorithms:
             value = mine.get(algorithm, math.nan)
             is_best = math.isfinite(value) and bool(np.isclose(value, best))
             cells.append((_fmt(value), is_best))
         rows.append((f"{domain} average", cells))
-    return algorithms, rows
+    return ["data", *algorithms], rows
 
 
 def _caption(kind: str) -> str:
@@ -398,7 +437,8 @@ def _caption(kind: str) -> str:
     )
     return (
         f"D4RL-normalized {what}: mean ± sample std (ddof=1) over seeds, number of seeds in "
-        "parentheses; domain rows average the per-dataset means. Best mean per row in bold."
+        "parentheses; domain rows average the per-dataset means. Best mean per row in bold. "
+        "data: the behaviour level, the normalized mean episode return of the dataset itself."
     )
 
 

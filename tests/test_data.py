@@ -164,6 +164,7 @@ def test_d4rl_without_next_observations_follows_qlearning_dataset(tmp_path):
     assert data.info.source == "hdf5" and data.info.observation_dim == 2
     assert data.info.action_dim == 1 and data.info.env_id is None
     np.testing.assert_array_equal(data.episode_returns(), [3, 3, 5])
+    assert data.info.mean_episode_return == pytest.approx(11 / 3)  # the tables' behaviour level
 
 
 def test_d4rl_with_next_observations_drops_nothing(tmp_path):

@@ -145,6 +145,23 @@ def test_the_scores_are_those_result_json_defines(runs_dir):
     ]
 
 
+def test_the_data_column_is_the_datasets_normalized_mean_episode_return(tmp_path):
+    root = tmp_path / "runs"
+    dataset = {"dataset_id": "local/hopper/medium-v0", "content_hash": "h", "action_low": [-1.0]}
+    dataset |= {"action_high": [1.0], "observation_dim": 3, "action_dim": 1, "source": "minari"}
+    dataset |= {"ref_min_score": 10.0, "ref_max_score": 210.0, "mean_episode_return": 60.0}
+    for seed in range(2):
+        run = fake_run(root, "bc", "local/hopper/medium-v0", seed, [30.0, 40.0])
+        saved = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps({**saved, "dataset": dataset}))
+    fake_run(root, "bc", "mujoco/walker2d/medium-v0", 0, [5.0])  # nothing recorded: n/a
+    rows = markdown_rows(render(collect_runs(root), reps=50).markdown, "Final score")
+    assert rows["header"] == ["data", "bc"]
+    assert rows["hopper-medium"] == ["25.0", "**40.0 ± 0.0 (2)**"]  # 100 (60 - 10) / 200
+    assert rows["walker2d-medium"][0] == "n/a"
+    assert rows["hopper average"][0] == "25.0"
+
+
 def test_config_hash_ignores_seed_and_paths_only():
     base = dataclasses.asdict(TrainConfig(seed=0, run_dir="a", out_dir="x"))
     same = dataclasses.asdict(TrainConfig(seed=5, run_dir="b", out_dir="y", resume=True))
@@ -174,7 +191,8 @@ def test_score_tables_equal_a_recomputation_by_hand(runs_dir):
     report = render(collect_runs(root), reference="td3bc", reps=200)
     for section, pick in (("Final score", lambda c: c[-1]), ("Best score", max)):
         rows = markdown_rows(report.markdown, section)
-        assert rows["header"] == ["diffusion_ql", "iql", "td3bc"]
+        assert rows["header"] == ["data", "diffusion_ql", "iql", "td3bc"]
+        assert rows["hopper-medium"][0] == "n/a"  # no behaviour level recorded or in the store
         means = {}
         for task in ("hopper-expert", "hopper-medium", "walker2d-medium"):
             cells = dict(zip(rows["header"], rows[task]))
