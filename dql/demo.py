@@ -59,15 +59,14 @@ def ensure_dataset() -> None:
 def verdicts(runs, reference: str = REFERENCE) -> list[str]:
     """One line per algorithm: its final score and what Welch's test against the reference
     over the seeds says, in words that claim no more than p < 0.05 allows."""
-    from dql.tables import welch_tests
+    from dql.tables import summary_table, welch_tests
 
-    lines = []
     tests = welch_tests(runs, reference).set_index("algorithm")
-    means = runs.groupby("algorithm")["final_score"].agg(["mean", "std", "count"])
+    means = summary_table(runs).set_index("algorithm")  # the demo's one dataset
     ref = means.loc[reference]
-    lines.append(
-        f"  {reference}: final {ref['mean']:.1f} +- {ref['std']:.1f} ({int(ref['count'])} seeds)"
-    )
+    lines = [
+        f"  {reference}: final {ref['mean']:.1f} +- {ref['std']:.1f} ({int(ref['seeds'])} seeds)"
+    ]
     for algorithm, row in means.drop(index=reference).iterrows():
         p = tests.loc[algorithm, "p"] if algorithm in tests.index else float("nan")
         if not p < 0.05:
@@ -77,7 +76,7 @@ def verdicts(runs, reference: str = REFERENCE) -> list[str]:
         else:
             verdict = f"below {reference} (Welch p = {p:.3f})"
         lines.append(
-            f"  {algorithm}: final {row['mean']:.1f} +- {row['std']:.1f} ({int(row['count'])} "
+            f"  {algorithm}: final {row['mean']:.1f} +- {row['std']:.1f} ({int(row['seeds'])} "
             f"seeds), {verdict}"
         )
     return lines

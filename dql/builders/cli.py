@@ -15,6 +15,7 @@ from pathlib import Path
 from dql.errors import UserError
 
 LOCOMOTION_ENVS = ("hopper", "halfcheetah", "walker2d", "ant")
+DEFAULT_SIZE = 1_000_000  # locomotion and pointmaze; pendulum behaviours have their own
 
 
 def dataset_names() -> list[str]:
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
             report = build_pointmaze(
                 rest,
-                size=1_000_000 if args.size is None else args.size,
+                size=DEFAULT_SIZE if args.size is None else args.size,
                 seed=args.seed,
                 dataset_id_override=args.out,
                 noise=args.noise,
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             report = build_locomotion(
                 env,
                 rest,
-                size=1_000_000 if args.size is None else args.size,
+                size=DEFAULT_SIZE if args.size is None else args.size,
                 seed=args.seed,
                 dataset_id_override=args.out,
                 policy_dir=args.policy_dir,

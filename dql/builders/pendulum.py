@@ -46,11 +46,6 @@ ACTION_BOX = gym.spaces.Box(-MAX_FORCE, MAX_FORCE, (1,), np.float32)
 REQUIREMENTS = ["gymnasium[mujoco]>=1.0", "mujoco>=3.3,<3.12"]
 
 
-def balance(obs: np.ndarray) -> np.ndarray:
-    """The balancing controller's action, clipped to the box."""
-    return np.clip([GAINS @ obs], -MAX_FORCE, MAX_FORCE)
-
-
 def flip_act(obs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     sign = 1.0 if rng.random() < 0.5 else -1.0
     return np.clip([sign * GAINS @ obs + 0.3 * rng.normal()], -MAX_FORCE, MAX_FORCE)
