@@ -2,7 +2,7 @@
 actions are identifiable only by their value, train BC, TD3+BC, IQL and Diffusion-QL over 3
 seeds through the sweep runner, print the results table and what the numbers support.
 
-    python -m dql.demo [--workers N] [--out DIR] [--sweep FILE]
+    dql demo [--workers N] [--out DIR] [--sweep FILE]       (python -m dql.demo: the same)
 
 The data is `dql data build pendulum-flip` (dql.builders.pendulum, built in seconds): each step
 of an InvertedPendulum-v5 controller takes the balancing action or its negation with probability
@@ -21,12 +21,14 @@ interrupted demo continues where it stopped. The sweep is experiments/sweeps/dem
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dql.cli import DemoArgs
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_DIR = REPO / "runs" / "demo"
@@ -85,19 +87,15 @@ def verdicts(runs, reference: str = REFERENCE) -> list[str]:
 # --------------------------------------------------------------------------- the demo
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dql.demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--workers", type=int, default=None, help="parallel runs (default: CPUs)")
-    parser.add_argument("--out", type=Path, default=DEMO_DIR, help="demo directory")
-    parser.add_argument("--sweep", type=Path, default=SWEEP_FILE, help="sweep file to run")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+def demo_command(args: DemoArgs) -> int:
+    """`dql demo` (`make demo`): build the data, run the sweep, print the table and verdicts."""
 
     from dql.errors import UserError
     from dql.sweep import load_sweep, run_sweep
     from dql.tables import make_tables
 
     started = time.perf_counter()
-    out: Path = args.out
+    out: Path = args.out or DEMO_DIR
     runs_dir = out / "runs"
     os.environ["MINARI_DATASETS_PATH"] = str(out / "datasets")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -108,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ensure_dataset()
         say(f"[{_clock(started)}] dataset ready")
-        sweep = load_sweep(args.sweep)
+        sweep = load_sweep(args.sweep or SWEEP_FILE)
         sweep.datasets = [DATASET_ID]
         report = run_sweep(sweep, runs_dir, workers=args.workers)
         if report.interrupted_by_user:
@@ -148,4 +146,6 @@ def _clock(started: float) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from dql.cli import main
+
+    sys.exit(main(["demo", *sys.argv[1:]]))

@@ -27,15 +27,13 @@ the agent is refused, so a wrong guess in 2 cannot pass silently.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -44,6 +42,9 @@ from torch import nn
 from dql.data import DatasetInfo, ObservationNormalizer, task_name
 from dql.errors import UserError
 from dql.runs import read_json, safe_torch_load
+
+if TYPE_CHECKING:
+    from dql.cli import ExportArgs
 
 EXPORT_TOLERANCE = 1e-5  # max |exported - agent.act| / max_action accepted by the check
 
@@ -314,26 +315,8 @@ def load_exported(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, A
 # --------------------------------------------------------------------------- command
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="dql export",
-        description="Export a trained policy as a self-contained TorchScript file "
-        "(observation normalisation included; load with torch.jit.load).",
-    )
-    parser.add_argument("run_dir", help="run directory (holds config.json and checkpoints/)")
-    parser.add_argument("--out", help="output file (default: RUN_DIR/policy.pt)")
-    parser.add_argument(
-        "--checkpoint", default="last", help="last, best, selected (offline choice) or a step"
-    )
-    parser.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="NAME=VALUE",
-        help="act-time settings baked into the export, e.g. num_candidates=10",
-    )
-    parser.add_argument("--no-check", action="store_true", help="skip the check against agent.act")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+def export_command(args: ExportArgs) -> int:
+    """`dql export`: write a run's policy as TorchScript, checked against agent.act."""
     run = load_run(args.run_dir, checkpoint=args.checkpoint, overrides=parse_settings(args.set))
     out = Path(args.out) if args.out else run.path / "policy.pt"
     meta = export_policy(run, out, check=not args.no_check)
@@ -366,7 +349,3 @@ def parse_settings(items: Sequence[str]) -> dict[str, Any]:
             raise UserError(f"settings are NAME=VALUE, got {item!r}")
         settings[name.replace("-", "_")] = parse_value(value)
     return settings
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,10 +16,13 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from dql.cli import LatencyArgs
 
 # Settings that trade action quality for speed, recorded when an agent (or its config) has them:
 # Diffusion-QL's candidates and diffusion steps, BCQ's sampled actions, Diffuser's planning.
@@ -172,22 +175,15 @@ def _cpu_name() -> str | None:
     return names[0] if names else platform.processor() or None
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`dql latency RUN_DIR [RUN_DIR ...]`: time each run's trained agent, write latency.json."""
-    import argparse
-
+def latency_command(args: LatencyArgs) -> int:
+    """`dql latency`: time each run's trained agent, write RUN_DIR/latency.json."""
+    from dql.errors import UserError
     from dql.export import load_run
     from dql.runs import atomic_write_json
 
-    parser = argparse.ArgumentParser(
-        prog="dql latency",
-        description="Milliseconds per action of trained runs (batch 1 and 10); writes "
-        "RUN_DIR/latency.json.",
-    )
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    parser.add_argument("--checkpoint", default="last", help="last, best, or a step (default last)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    args = parser.parse_args(argv)
+    if not args.run_dirs:
+        raise UserError("give at least one RUN_DIR")
+
     for run_dir in args.run_dirs:
         run = load_run(run_dir, checkpoint=args.checkpoint, device=args.device)
 

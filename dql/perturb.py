@@ -31,15 +31,13 @@ only those.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import re
-import sys
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -51,6 +49,9 @@ from dql.evaluation import EvalResult, evaluate
 from dql.export import TrainedRun, load_run, parse_value
 from dql.latency import SPEED_KNOBS, measure, ms_per_action
 from dql.traces import end_reason_counts, load_traces, render_episode, save_traces
+
+if TYPE_CHECKING:
+    from dql.cli import PanelArgs
 
 PERTURBATIONS = ("obs_noise", "action_noise", "delay", "drop_prob")
 NOMINAL = "none"  # the unperturbed evaluation
@@ -483,37 +484,16 @@ def parse_trade(text: str) -> tuple[str, list[Any]]:
     return name.replace("-", "_"), [parse_value(v) for v in items]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="dql panel",
-        description="Evaluate trained agents under observation noise, action noise, action "
-        "delay and dropped observations; write a table and a plot.",
-    )
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    parser.add_argument("--obs-noise", type=float, nargs="+", help="sigmas (normalised units)")
-    parser.add_argument("--action-noise", type=float, nargs="+", help="sigmas (x max action)")
-    parser.add_argument("--delay", type=int, nargs="+", help="action delays in steps")
-    parser.add_argument("--drop-prob", type=float, nargs="+", help="observation drop probabilities")
-    parser.add_argument("--episodes", type=int, default=10, help="episodes per setting")
-    parser.add_argument("--seed", type=int, help="first reset seed (default: the run's eval seed)")
-    parser.add_argument("--checkpoint", default="last", help="last, best, selected or a step")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    parser.add_argument("--out", default="results/panel", help="output directory")
-    parser.add_argument(
-        "--trade",
-        metavar="NAME=V1,V2,...",
-        help="vary an act-time setting (e.g. num_candidates=1,5,50): latency vs score",
-    )
-    parser.add_argument(
-        "--record", action="store_true", help="save episode 0 of each setting as video"
-    )
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+def panel_command(args: PanelArgs) -> int:
+    """`dql panel`: run the perturbation panel (and a speed trade) over trained runs."""
+    if not args.run_dirs:
+        raise UserError("give at least one RUN_DIR")
     if args.episodes < 1:
         raise UserError(f"--episodes must be >= 1, got {args.episodes}")
     from dql.training import resolve_device
 
     device = resolve_device(args.device)
-    given = {k: getattr(args, k) for k in PERTURBATIONS if getattr(args, k) is not None}
+    given = {k: list(getattr(args, k)) for k in PERTURBATIONS if getattr(args, k) is not None}
     strengths = given or {k: list(v) for k, v in DEFAULT_STRENGTHS.items()}
     runs = [load_run(d, checkpoint=args.checkpoint, device=device) for d in args.run_dirs]
     out = Path(args.out)
@@ -547,7 +527,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     print(f"wrote {out}/panel.md, panel.csv, panel.png" + (", speed.*" if args.trade else ""))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

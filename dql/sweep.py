@@ -73,11 +73,14 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomllib
 
 from dql.errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from dql.cli import SweepArgs
 
 SWEEP_KEYS = {"name", "description", "algorithms", "datasets", "seeds", "overrides"}
 RUN_LOG = "sweep_run.log"
@@ -1083,73 +1086,24 @@ def _restore_sigterm(previous: Any) -> None:
 # --------------------------------------------------------------------------- CLI
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--run-job"]:  # internal: a local worker process
-        parser = argparse.ArgumentParser(prog="dql.sweep worker")
-        parser.add_argument("--run-job", required=True)
-        parser.add_argument("--threads", type=int, default=1)
-        args = parser.parse_args(argv)
-        return _worker_main(args.run_job, args.threads)
-
-    parser = argparse.ArgumentParser(
-        prog="dql sweep",
-        description="Run a sweep file (algorithms x datasets x seeds); rerun to resume.",
+def sweep_command(args: SweepArgs) -> int:
+    """`dql sweep`: run (or resume) a sweep file; exit 1 unless every run completed."""
+    sweep = load_sweep(args.file)
+    out = args.out or str(Path("runs") / "sweeps" / sweep.name)
+    report = run_sweep(
+        sweep,
+        out,
+        workers=args.workers,
+        backend=args.backend,
+        address=args.address,
+        retry_failed=args.retry_failed,
+        cpus_per_run=args.cpus_per_run,
+        gpus_per_run=args.gpus_per_run,
+        dry_run=args.dry_run,
+        batched_seeds=args.batched_seeds,
+        only=list(args.only),
+        launch_for=args.launch_for,
     )
-    parser.add_argument("file", help="sweep TOML file, e.g. experiments/sweeps/demo.toml")
-    parser.add_argument("--out", help="output directory (default: runs/sweeps/NAME)")
-    parser.add_argument(
-        "--workers", type=int, help="concurrent runs, local backend (default: CPU count)"
-    )
-    parser.add_argument("--backend", choices=("local", "ray"), default="local")
-    parser.add_argument("--address", help="Ray cluster address (default: start a local one)")
-    parser.add_argument(
-        "--retry-failed",
-        action="store_true",
-        help="rerun failed runs from scratch (the failed run is kept as seed_N.failed-K)",
-    )
-    parser.add_argument("--cpus-per-run", type=int, default=1, help="CPU threads per run")
-    parser.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs per run (Ray)")
-    parser.add_argument("--dry-run", action="store_true", help="check the file, show the plan")
-    parser.add_argument(
-        "--batched-seeds",
-        action="store_true",
-        help="train the seeds of a task as one batched model where the algorithm can",
-    )
-    parser.add_argument(
-        "--only",
-        action="append",
-        default=[],
-        metavar="GLOB",
-        help="launch only runs whose key (ALGORITHM/TASK/seed_N) matches; repeatable",
-    )
-    parser.add_argument(
-        "--launch-for",
-        type=float,
-        metavar="MINUTES",
-        help="start no run after this many minutes; running runs finish (local backend)",
-    )
-    args = parser.parse_args(argv)
-    try:
-        sweep = load_sweep(args.file)
-        out = args.out or str(Path("runs") / "sweeps" / sweep.name)
-        report = run_sweep(
-            sweep,
-            out,
-            workers=args.workers,
-            backend=args.backend,
-            address=args.address,
-            retry_failed=args.retry_failed,
-            cpus_per_run=args.cpus_per_run,
-            gpus_per_run=args.gpus_per_run,
-            dry_run=args.dry_run,
-            batched_seeds=args.batched_seeds,
-            only=args.only,
-            launch_for=args.launch_for,
-        )
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     if args.dry_run:
         return 0
     if report.interrupted_by_user:
@@ -1161,5 +1115,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _worker_entry(argv: Sequence[str]) -> int:
+    """`python -m dql.sweep --run-job JSON [--threads N]`: what the local pool launches."""
+    parser = argparse.ArgumentParser(prog="python -m dql.sweep")
+    parser.add_argument("--run-job", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    return _worker_main(args.run_job, args.threads)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_worker_entry(sys.argv[1:]))

@@ -24,21 +24,22 @@ scores.csv (one row per run), curves_<task>.png (mean and a +-1 std band over se
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from dql.errors import UserError
+
+if TYPE_CHECKING:
+    from dql.cli import TableArgs
 
 SCORE_KINDS = ("final", "best")
 # A run's scores as its result.json defines them (dql.training.summarize): never recomputed here.
@@ -707,41 +708,18 @@ def make_tables(
     return report, table, written
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="dql table", description="Tables and learning curves from finished runs."
+def table_command(args: TableArgs) -> int:
+    """`dql table`: write the tables and curves of finished runs; print the Markdown."""
+    if args.reps < 10:
+        raise UserError(f"--reps must be >= 10, got {args.reps}")
+    report, _, written = make_tables(
+        args.runs_dir,
+        args.out,
+        score=args.score,
+        reference=args.reference,
+        reps=args.reps,
+        plots=not args.no_plots,
     )
-    parser.add_argument("runs_dir", help="directory holding run directories (searched recursively)")
-    parser.add_argument(
-        "--out", help="where to write results.md/.tex, CSVs and PNGs (default RUNS_DIR)"
-    )
-    parser.add_argument(
-        "--score", choices=SCORE_KINDS, default="final", help="score for aggregates and tests"
-    )
-    parser.add_argument(
-        "--reference", help=f"algorithm the others are tested against (default {DEFAULT_REFERENCE})"
-    )
-    parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
-    parser.add_argument("--no-plots", action="store_true", help="skip the learning-curve PNGs")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        if args.reps < 10:
-            raise UserError(f"--reps must be >= 10, got {args.reps}")
-        report, _, written = make_tables(
-            args.runs_dir,
-            args.out,
-            score=args.score,
-            reference=args.reference,
-            reps=args.reps,
-            plots=not args.no_plots,
-        )
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     print(report.markdown)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

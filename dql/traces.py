@@ -24,15 +24,13 @@ MUJOCO_GL defaults to egl here when unset.
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +38,9 @@ from dql.data import DatasetInfo, flatten_observation
 from dql.errors import UserError
 from dql.evaluation import EvalResult, make_env
 from dql.runs import atomic_write_bytes, atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from dql.cli import ReplayArgs
 
 END_REASONS = ("time_limit", "terminated", "goal_reached")
 
@@ -267,19 +268,8 @@ def write_video(frames: Sequence[np.ndarray], path: str | Path, fps: int) -> Pat
 # --------------------------------------------------------------------------- command
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="dql replay",
-        description="Re-run recorded evaluation episodes (RUN_DIR/traces.*) from their seeds and "
-        "check that returns match; print failures by end reason.",
-    )
-    parser.add_argument("path", help="run directory, or a traces .json/.npz file")
-    parser.add_argument("--atol", type=float, default=1e-6, help="relative return tolerance")
-    parser.add_argument(
-        "--video", type=int, nargs="*", metavar="EPISODE", help="also render these episodes"
-    )
-    parser.add_argument("--video-dir", help="where videos go (default: next to the traces)")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+def replay_command(args: ReplayArgs) -> int:
+    """`dql replay`: replay recorded episodes; exit 1 when one does not reproduce."""
     traces = load_traces(args.path)
     results = replay(traces)
     print(
@@ -316,7 +306,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"all {len(results)} episodes replay to the recorded returns")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -31,6 +31,7 @@ from dql.builders.pointmaze import (
     success_rate,
 )
 from dql.builders.policy import SquashedGaussianActor, load_policy, save_policy
+from dql.cli import main as dql_main
 from dql.errors import DatasetError, UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -340,14 +341,14 @@ def test_pointmaze_dataset(store: Path) -> None:
 
 
 def test_cli_errors_and_list(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["build", "hopper-mediocre"]) == 2
+    assert dql_main(["data", "build", "hopper-mediocre"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "valid:" in err and "medium-replay" in err
-    assert cli.main(["build", "antmaze-umaze"]) == 2
+    assert dql_main(["data", "build", "antmaze-umaze"]) == 2
     assert "D4RL/antmaze" in capsys.readouterr().err
-    assert cli.main(["build", "hopper-random", "--size", "0"]) == 2
+    assert dql_main(["data", "build", "hopper-random", "--size", "0"]) == 2
     assert "--size" in capsys.readouterr().err
-    assert cli.main(["list"]) == 0
+    assert dql_main(["data", "list"]) == 0
     names = capsys.readouterr().out.split()
     assert "walker2d-medium-expert" in names and "pointmaze-large-dense" in names
     with pytest.raises(UserError, match="valid"):

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from dql import registry
+from dql.cli import main as dql_main
 from dql.errors import ConfigError
-from dql.sweep import group_by_task, load_sweep, main, plan_jobs, plan_runs, run_sweep
+from dql.sweep import group_by_task, load_sweep, plan_jobs, plan_runs, run_sweep
 
 TESTS_DIR = str(Path(__file__).resolve().parent)
 TINY = "tiny_algo"  # tests/tiny_algo.py
@@ -128,7 +129,7 @@ def test_malformed_sweep_file_is_one_error_line(case, tiny_registry, tmp_path, c
     text, message = MALFORMED[case]
     file = tmp_path / f"{case}.toml"
     file.write_text(text + "\n")
-    code = main([str(file), "--out", str(tmp_path / "out"), "--dry-run"])
+    code = dql_main(["sweep", str(file), "--out", str(tmp_path / "out"), "--dry-run"])
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1, err
@@ -137,7 +138,7 @@ def test_malformed_sweep_file_is_one_error_line(case, tiny_registry, tmp_path, c
 
 
 def test_missing_sweep_file(tmp_path, capsys):
-    assert main([str(tmp_path / "nope.toml")]) == 2
+    assert dql_main(["sweep", str(tmp_path / "nope.toml")]) == 2
     assert "not found" in capsys.readouterr().err
 
 
@@ -204,7 +205,7 @@ def test_tiny_sweep_crash_rerun_retry_and_table(
 
     # 1. tiny_b seed 1 crashes at step 50; the others finish regardless
     monkeypatch.setenv("TINY_ALGO_CRASH", "1")
-    assert main([str(file), "--out", str(out), "--workers", "2"]) == 1
+    assert dql_main(["sweep", str(file), "--out", str(out), "--workers", "2"]) == 1
     crashed = out / "tiny_b" / "pendulum-mixed" / "seed_1"
     status = json.loads((crashed / "status.json").read_text())
     assert status["status"] == "failed" and "crashed on purpose" in status["error"]
@@ -225,12 +226,12 @@ def test_tiny_sweep_crash_rerun_retry_and_table(
     # 2. a plain rerun trains nothing: complete runs are skipped, the failed one is kept
     monkeypatch.delenv("TINY_ALGO_CRASH")
     capsys.readouterr()
-    assert main([str(file), "--out", str(out)]) == 1
+    assert dql_main(["sweep", str(file), "--out", str(out)]) == 1
     assert "kept failed tiny_b/pendulum-mixed/seed_1" in capsys.readouterr().out
     assert len(trained(counter)) == 4
 
     # 3. --retry-failed reruns only the failed run, from scratch, keeping the old one aside
-    assert main([str(file), "--out", str(out), "--retry-failed"]) == 0
+    assert dql_main(["sweep", str(file), "--out", str(out), "--retry-failed"]) == 0
     assert trained(counter)[4:] == ["tiny_b/seed_1"]
     assert {p: p.stat().st_mtime_ns for p in finished} == mtimes
     assert json.loads((crashed / "status.json").read_text())["status"] == "complete"
@@ -434,14 +435,25 @@ def test_an_unreachable_ray_head_is_one_error_naming_the_address(tmp_path, capsy
     address = f"127.0.0.1:{_free_port()}"
     started = time.monotonic()
     assert (
-        main([str(file), "--out", str(tmp_path / "out"), "--backend", "ray", "--address", address])
+        dql_main(
+            [
+                "sweep",
+                str(file),
+                "--out",
+                str(tmp_path / "out"),
+                "--backend",
+                "ray",
+                "--address",
+                address,
+            ]
+        )
         == 2
     )
     assert time.monotonic() - started < 30
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"cannot reach the Ray head at {address}" in err
     assert not (tmp_path / "out").exists()  # nothing written for a sweep that cannot start
-    assert main([str(file), "--backend", "ray", "--address", "headnode"]) == 2
+    assert dql_main(["sweep", str(file), "--backend", "ray", "--address", "headnode"]) == 2
     assert "--address must be HOST:PORT" in capsys.readouterr().err
 
 
@@ -591,23 +603,26 @@ def test_only_launches_the_matching_runs_and_launch_for_starts_none_after_its_ti
 ):
     file = write_sweep(tmp_path / "s.toml", pendulum_store, "")
     out = tmp_path / "out"
-    assert main([str(file), "--out", str(out), "--only", "tiny_b/*/seed_1"]) == 1
+    assert dql_main(["sweep", str(file), "--out", str(out), "--only", "tiny_b/*/seed_1"]) == 1
     assert trained(counter) == ["tiny_b/seed_1"]
     counts = json.loads((out / "sweep_status.json").read_text())["counts"]
     assert counts == {"complete": 1, "pending": 3}
 
-    assert main([str(file), "--out", str(out), "--only", "tiny_c/*"]) == 2
+    assert dql_main(["sweep", str(file), "--out", str(out), "--only", "tiny_c/*"]) == 2
     assert "--only tiny_c/* matches no run" in capsys.readouterr().err
 
     # time already up: nothing more starts, the three runs stay pending for the next sweep
-    assert main([str(file), "--out", str(out), "--workers", "1", "--launch-for", "1e-9"]) == 1
+    assert (
+        dql_main(["sweep", str(file), "--out", str(out), "--workers", "1", "--launch-for", "1e-9"])
+        == 1
+    )
     assert trained(counter) == ["tiny_b/seed_1"]
     runs = json.loads((out / "sweep_status.json").read_text())["runs"]
     assert runs["tiny_a/pendulum-mixed/seed_0"]["status"] == "not started"
     assert "attempts" not in runs["tiny_a/pendulum-mixed/seed_0"] or (
         runs["tiny_a/pendulum-mixed/seed_0"]["attempts"] == 0
     )
-    assert main([str(file), "--out", str(out), "--launch-for", "30"]) == 0
+    assert dql_main(["sweep", str(file), "--out", str(out), "--launch-for", "30"]) == 0
     assert sorted(trained(counter)) == sorted(
         ["tiny_a/seed_0", "tiny_a/seed_1", "tiny_b/seed_0", "tiny_b/seed_1"]
     )

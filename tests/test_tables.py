@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from dql.cli import main as dql_main
 from dql.data import task_name
 from dql.tables import (
     EVAL_COLUMNS,
     collect_runs,
     config_hash,
-    main,
     make_tables,
     render,
     score_matrices,
@@ -305,7 +305,10 @@ def test_cli_writes_tables_csvs_and_learning_curves(runs_dir, tmp_path, capsys):
 
     root, _ = runs_dir
     out = tmp_path / "tables"
-    assert main([str(root), "--out", str(out), "--reference", "iql", "--reps", "100"]) == 0
+    assert (
+        dql_main(["table", str(root), "--out", str(out), "--reference", "iql", "--reps", "100"])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "## Final score" in printed and "P(X > iql)" in printed
     assert (out / "results.md").read_text().startswith("# Results")
@@ -319,12 +322,12 @@ def test_cli_writes_tables_csvs_and_learning_curves(runs_dir, tmp_path, capsys):
 def test_cli_errors_are_one_line(tmp_path, runs_dir, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main([str(empty)]) == 2
+    assert dql_main(["table", str(empty)]) == 2
     assert capsys.readouterr().err == f"error: no complete runs under {empty}\n"
-    assert main([str(tmp_path / "missing")]) == 2
+    assert dql_main(["table", str(tmp_path / "missing")]) == 2
     assert "no such directory" in capsys.readouterr().err
     root, _ = runs_dir
-    assert main([str(root), "--reference", "cql", "--no-plots"]) == 2
+    assert dql_main(["table", str(root), "--reference", "cql", "--no-plots"]) == 2
     assert "--reference 'cql' has no complete runs" in capsys.readouterr().err
 
 
