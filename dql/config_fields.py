@@ -13,6 +13,11 @@ applies both with one message format; `TrainConfig.validate` calls it, so an alg
 `validate` keeps only the checks that relate fields to each other. Roles (FIELD_ROLES) tell the
 core how a field behaves across resumption, batched seeds, sweeps and checkpoints. A subclass that
 redeclares a field only to change its default keeps the base declaration's range and roles.
+
+Shared names across algorithms: `actor_lr` / `critic_lr` (and `value_lr`, `entropy_lr`) where
+networks have rates of their own, `lr` where one rate drives every network (BC, BCQ); `hidden`
+is the tuple of hidden-layer widths. A class that renames a field lists the old name in
+`RENAMED_FIELDS`, and `upgrade_saved_fields` reads older runs under the new one.
 """
 
 from __future__ import annotations
@@ -73,6 +78,18 @@ def result_neutral_fields(config_class: type) -> frozenset[str]:
     """Fields that do not change what a run computes: runs differing only there are seeds of
     one configuration."""
     return fields_with_role(config_class, "resumable") | fields_with_role(config_class, "per_seed")
+
+
+def upgrade_saved_fields(config_class: type, saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (a run's config.json "config") in today's field names. A config class that
+    renamed fields declares `RENAMED_FIELDS = {old: (new, convert or None)}`; runs written
+    before the rename then load, resume and tabulate as the same configuration as runs after."""
+    upgraded = dict(saved)
+    for old, (new, convert) in getattr(config_class, "RENAMED_FIELDS", {}).items():
+        if old in upgraded and new not in upgraded:
+            value = upgraded.pop(old)
+            upgraded[new] = convert(value) if convert else value
+    return upgraded
 
 
 def literal_choices(config_class: type) -> dict[str, tuple[Any, ...]]:

@@ -80,7 +80,7 @@ import copy
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -121,8 +121,8 @@ class DiffusionQLConfig(TrainConfig):
     """Standardise observations with the dataset's mean and std (public code: raw states)."""
     eta: float = field(default=1.0, metadata=spec(">= 0"))
     """Weight of the Q term in the actor loss (0 = Diffusion-BC)."""
-    lr: float = field(default=3e-4, metadata=spec("> 0"))
-    """Actor (diffusion model) learning rate."""
+    actor_lr: float = field(default=3e-4, metadata=spec("> 0"))
+    """Actor (diffusion model) learning rate (the public code's `lr`)."""
     critic_lr: float = field(default=3e-4, metadata=spec("> 0"))
     """Critic learning rate."""
     discount: float = field(default=0.99, metadata=spec("[0, 1]"))
@@ -153,14 +153,20 @@ class DiffusionQLConfig(TrainConfig):
     """Pick among the candidates by softmax over Q (public code) or argmax."""
     act_with_ema: bool = False
     """Evaluate the EMA actor instead of the actor (public code: the actor)."""
-    hidden_dim: int = field(default=256, metadata=spec(">= 1"))
-    """Width of the denoiser's and the critics' three hidden layers."""
+    hidden: tuple[int, ...] = field(default=(256, 256, 256), metadata=spec("widths"))
+    """Widths of the denoiser's and the critics' hidden layers (paper and public code: 3 x 256)."""
     time_dim: int = field(default=16, metadata=spec(">= 4"))
     """Width of the denoiser's sinusoidal time embedding (public code: 16; its toy: 4)."""
     compile: bool = True
     """Compile the training step with torch.compile (runs of at least 20k steps; same maths)."""
     precision: Precision = "fp32"
     """fp32, or bf16: the training step's matmuls in bfloat16 (autocast; ~1.5x faster on CPUs with AVX-512 bf16, losses within ~1% of fp32)."""
+
+    # runs saved before the shared naming scheme (actor_lr/critic_lr, hidden widths) still load
+    RENAMED_FIELDS: ClassVar[dict[str, tuple[str, Any]]] = {
+        "lr": ("actor_lr", None),
+        "hidden_dim": ("hidden", lambda width: [width] * 3),
+    }
 
     def validate(self) -> None:
         super().validate()
@@ -176,7 +182,7 @@ Config = DiffusionQLConfig
 
 class Denoiser(nn.Module):
     """eps_theta(x_i, i, s) of S seeds at once: sinusoidal time embedding (16) -> Linear 32 ->
-    Mish -> Linear 16; concat(x_i, t_emb, s) -> 3 x (Linear hidden + Mish) -> Linear(action_dim).
+    Mish -> Linear 16; concat(x_i, t_emb, s) -> per width (Linear + Mish) -> Linear(action_dim).
 
     Inputs (S, B, .) give outputs (S, B, action_dim), seed k through its own weights; with
     S = 1, inputs (B, .) give (B, action_dim). t is per row, (S, B) or (B,), or shared, (1,)."""
@@ -185,7 +191,7 @@ class Denoiser(nn.Module):
         self,
         observation_dim: int,
         action_dim: int,
-        hidden_dim: int = 256,
+        hidden: Sequence[int] = (256, 256, 256),
         time_dim: int = 16,
         num_seeds: int = 1,
     ) -> None:
@@ -198,15 +204,11 @@ class Denoiser(nn.Module):
         self.time_mlp = nn.Sequential(
             linear(time_dim, time_dim * 2), Mish(), linear(time_dim * 2, time_dim)
         )
-        self.body = nn.Sequential(
-            linear(action_dim + time_dim + observation_dim, hidden_dim),
-            Mish(),
-            linear(hidden_dim, hidden_dim),
-            Mish(),
-            linear(hidden_dim, hidden_dim),
-            Mish(),
-            linear(hidden_dim, action_dim),
-        )
+        widths = [action_dim + time_dim + observation_dim, *hidden]
+        layers: list[nn.Module] = []
+        for in_dim, out_dim in zip(widths[:-1], widths[1:]):
+            layers += [linear(in_dim, out_dim), Mish()]
+        self.body = nn.Sequential(*layers, linear(widths[-1], action_dim))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         t_emb = sinusoidal_embedding(t, self.time_dim)  # (1, 16) for a shared step, else (..., 16)
@@ -222,15 +224,19 @@ class Denoiser(nn.Module):
 
 
 class TwinCritic(nn.Module):
-    """Q_1, Q_2 on concat(s, a), 3 x (Linear hidden + Mish) -> Linear 1, for S seeds: one
+    """Q_1, Q_2 on concat(s, a), per width (Linear + Mish) -> Linear 1, for S seeds: one
     ensemble of 2S members ordered (seed, critic). (S, B, .) -> (S, 2, B); (B, .) -> (2, B)."""
 
     def __init__(
-        self, observation_dim: int, action_dim: int, hidden_dim: int = 256, num_seeds: int = 1
+        self,
+        observation_dim: int,
+        action_dim: int,
+        hidden: Sequence[int] = (256, 256, 256),
+        num_seeds: int = 1,
     ) -> None:
         super().__init__()
         self.net = EnsembleMLP(
-            observation_dim + action_dim, 1, 2 * num_seeds, (hidden_dim,) * 3, act="mish"
+            observation_dim + action_dim, 1, 2 * num_seeds, tuple(hidden), act="mish"
         )
 
     def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -263,14 +269,14 @@ def make_actor(
     observation_dim: int,
     action_dim: int,
     max_action: float,
-    hidden_dim: int = 256,
+    hidden: Sequence[int] = (256, 256, 256),
     n_timesteps: int = 5,
     beta_schedule: str = "vp",
     num_seeds: int = 1,
     time_dim: int = 16,
 ) -> Diffusion:
     """The diffusion policy pi_theta(a | s) (of S seeds)."""
-    denoiser = Denoiser(observation_dim, action_dim, hidden_dim, time_dim, num_seeds)
+    denoiser = Denoiser(observation_dim, action_dim, hidden, time_dim, num_seeds)
     return Diffusion(denoiser, action_dim, max_action, n_timesteps, beta_schedule)
 
 
@@ -355,7 +361,7 @@ class DiffusionQL(Checkpointed):
         self.critic.to(self.device)
         self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_optimizer = make_optimizer(self.actor.parameters(), config.lr)
+        self.actor_optimizer = make_optimizer(self.actor.parameters(), config.actor_lr)
         self.critic_optimizer = make_optimizer(self.critic.parameters(), config.critic_lr)
         # lr_decay off: a constant schedule, so the state layout is the same either way
         horizon = max(config.steps, 1) if config.lr_decay else None
@@ -367,7 +373,7 @@ class DiffusionQL(Checkpointed):
         self._actor_loss = torch.compile(self.actor_loss) if self.compiled else self.actor_loss
 
     def _networks(self, num_seeds: int) -> tuple[Diffusion, TwinCritic]:
-        cfg, hidden = self.config, self.config.hidden_dim
+        cfg, hidden = self.config, self.config.hidden
         actor = make_actor(
             self.observation_dim,
             self.action_dim,

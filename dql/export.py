@@ -125,6 +125,7 @@ def load_run(
     The agent class comes from the registry entry of the run's algorithm (or `agent_cls`); its
     config is the module's `Config` filled from config.json, with `overrides` (e.g.
     num_candidates) applied before the agent is built."""
+    from dql.config_fields import upgrade_saved_fields
     from dql.registry import agent_class, load_algorithm
     from dql.training import TrainConfig
 
@@ -147,6 +148,7 @@ def load_run(
             f"{saved['algorithm']} has no setting {', '.join(unknown)}; its own settings: "
             f"{knobs or 'none'}"
         )
+    saved["config"] = upgrade_saved_fields(config_cls, saved["config"])
     values = {k: v for k, v in saved["config"].items() if k in fields}
     values.update(overrides, device=device)
     config = config_cls(**values)

@@ -81,6 +81,21 @@ def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A run directory's config.json, its "config" in the field names of the algorithm's Config
+    today (older names upgraded; an algorithm not installed here leaves them as saved)."""
+    from dql.config_fields import upgrade_saved_fields
+    from dql.registry import load_algorithm
+
+    saved = read_json(Path(path) / "config.json")
+    try:
+        config_class = load_algorithm(saved["algorithm"]).Config
+    except (UserError, KeyError, AttributeError, TypeError):
+        return saved
+    saved["config"] = upgrade_saved_fields(config_class, saved["config"])
+    return saved
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a JSONL file; a torn (half-written) last line is skipped."""
     path = Path(path)

@@ -105,7 +105,7 @@ def collect_runs(root: str | Path, datasets: Sequence[str] | None = None) -> Run
     """Read config.json, eval.jsonl and result.json of every run under `root` (only the runs on
     `datasets`, when given)."""
     from dql.data import task_name
-    from dql.runs import RunDirectory, read_json
+    from dql.runs import RunDirectory, read_run_config
 
     root = Path(root)
     if not root.is_dir():
@@ -116,7 +116,7 @@ def collect_runs(root: str | Path, datasets: Sequence[str] | None = None) -> Run
     behaviour_cache: dict[tuple[str, str], float | None] = {}
     for path in find_run_dirs(root):
         run = RunDirectory(path)
-        saved = read_json(path / "config.json") if (path / "config.json").exists() else None
+        saved = read_run_config(path) if (path / "config.json").exists() else None
         if datasets is not None and (saved is None or saved["config"]["dataset"] not in datasets):
             continue
         if saved is None or not run.is_complete():

@@ -42,6 +42,7 @@ from dql.config_fields import (  # noqa: F401  (re-exported: the protocol's help
     result_neutral_fields,
     roles,
     spec,
+    upgrade_saved_fields,
 )
 from dql.data import (
     ObservationNormalizer,
@@ -384,7 +385,7 @@ def _open_run_directory(
     if (run.path / "config.json").exists():
         try:
             saved_run = read_json(run.path / "config.json")
-            saved_config = saved_run["config"]
+            saved_config = upgrade_saved_fields(type(config), saved_run["config"])
         except (ValueError, KeyError, TypeError) as exc:
             raise UserError(
                 f"{run.path / 'config.json'} is not a run's config ({type(exc).__name__}: {exc}); "

@@ -179,13 +179,13 @@ def diffusion_config(eta: float, cfg: ToySettings) -> DiffusionQLConfig:
     actor and critic and no gradient clipping (as the public toy)."""
     return DiffusionQLConfig(
         eta=eta,
-        lr=cfg.lr,
+        actor_lr=cfg.lr,
         critic_lr=cfg.lr,
         steps=cfg.steps,
         batch_size=cfg.batch_size,
         grad_norm=cfg.grad_norm,
         n_timesteps=cfg.n_timesteps,
-        hidden_dim=cfg.hidden,
+        hidden=(cfg.hidden,) * 3,
         time_dim=cfg.time_dim,
         discount=0.0,
         lr_decay=False,

@@ -98,7 +98,7 @@ def test_reverse_chain_with_a_perfect_denoiser_returns_the_data_point(
 
 
 def make_actor(T: int = 5, max_action: float = 1.0, schedule: str = "vp") -> Diffusion:
-    return Diffusion(Denoiser(4, 2, hidden_dim=32), 2, max_action, T, schedule)
+    return Diffusion(Denoiser(4, 2, hidden=(32, 32, 32)), 2, max_action, T, schedule)
 
 
 def test_gradients_reach_every_denoiser_layer_through_the_sampling_chain() -> None:

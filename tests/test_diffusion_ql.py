@@ -27,7 +27,7 @@ OBS_DIM, ACT_DIM = 4, 2
 
 
 def small_config(**overrides) -> DiffusionQLConfig:
-    fields = dict(device="cpu", hidden_dim=32, num_candidates=8, steps=100, step_start_ema=4)
+    fields = dict(device="cpu", hidden=(32, 32, 32), num_candidates=8, steps=100, step_start_ema=4)
     return DiffusionQLConfig(**{**fields, **overrides})
 
 
@@ -50,7 +50,7 @@ def random_batch(batch_size: int = 16, seed: int = 0) -> dict[str, torch.Tensor]
     [
         ("eta", -1.0),
         ("n_timesteps", 0),
-        ("lr", 0.0),
+        ("actor_lr", 0.0),
         ("critic_lr", -1e-4),
         ("discount", 1.5),
         ("tau", 0.0),
@@ -58,7 +58,7 @@ def random_batch(batch_size: int = 16, seed: int = 0) -> dict[str, torch.Tensor]
         ("update_ema_every", 0),
         ("num_backup_actions", 0),
         ("num_candidates", 0),
-        ("hidden_dim", 0),
+        ("hidden", (32, 0)),
         ("step_start_ema", -1),
         ("beta_schedule", "quadratic"),
         ("action_selection", "greedy"),
@@ -314,7 +314,8 @@ def test_cli_trains_and_writes_result(pendulum_store: str, tmp_path: Path) -> No
             "20",
             "--eval-episodes",
             "2",
-            "--hidden-dim",
+            "--hidden",
+            "32",
             "32",
             "--num-candidates",
             "4",
@@ -330,7 +331,29 @@ def test_cli_trains_and_writes_result(pendulum_store: str, tmp_path: Path) -> No
     assert result["algorithm"] == "diffusion_ql" and result["steps"] == 20
     assert result["selected_step"] == 20  # offline selection by bc_loss had a value
     saved = json.loads((run_dir / "config.json").read_text())["config"]
-    assert saved["hidden_dim"] == 32 and saved["num_candidates"] == 4
+    assert saved["hidden"] == [32, 32] and saved["num_candidates"] == 4
+
+
+def test_runs_saved_under_the_old_field_names_still_load_and_tabulate(
+    pendulum_store: str, tmp_path: Path
+) -> None:
+    # runs written before lr -> actor_lr and hidden_dim -> hidden: the same agent, one config
+    from dql.export import load_run
+    from dql.runs import read_run_config
+    from dql.tables import config_hash
+
+    run_dir = tmp_path / "run"
+    flags = ["--dataset", pendulum_store, "--steps", "10", "--eval-episodes", "1"]
+    flags += ["--hidden", "16", "16", "16", "--actor-lr", "1e-3", "--num-candidates", "2"]
+    assert diffusion_ql.main([*flags, "--run-dir", str(run_dir), "--no-progress"]) == 0
+    file = run_dir / "config.json"
+    saved = json.loads(file.read_text())
+    today = config_hash(saved["config"])
+    old = {k: v for k, v in saved["config"].items() if k not in ("hidden", "actor_lr")}
+    file.write_text(json.dumps({**saved, "config": {**old, "hidden_dim": 16, "lr": 1e-3}}))
+    assert config_hash(read_run_config(run_dir)["config"]) == today
+    run = load_run(run_dir)
+    assert (tuple(run.agent.config.hidden), run.agent.config.actor_lr) == ((16, 16, 16), 1e-3)
 
 
 def test_cli_negative_eta_is_a_one_line_error(
@@ -387,7 +410,7 @@ def test_hyperparameter_table_matches_the_public_code(task: str) -> None:
         values = task_hyperparams("diffusion_ql", dataset, DiffusionQLConfig)
         config = DiffusionQLConfig(**{**values, "dataset": dataset})
         config.validate()
-        assert (config.lr, config.eta, config.max_q_backup) == (lr, eta, max_q)
+        assert (config.actor_lr, config.eta, config.max_q_backup) == (lr, eta, max_q)
         assert (config.reward_transform, config.steps, config.grad_norm) == (
             reward,
             epochs * 1000,
@@ -444,7 +467,7 @@ def test_diffusion_ql_balances_where_behaviour_cloning_fails(
         **common,
         steps=1600,
         eval_interval=800,
-        hidden_dim=64,
+        hidden=(64, 64, 64),
         lr=1e-3,
         critic_lr=1e-3,
         run_dir=str(tmp_path / "dql"),

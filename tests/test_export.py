@@ -161,7 +161,7 @@ def test_export_refuses_a_policy_that_does_not_reproduce_act(tmp_path):
 def test_diffusion_ql_export_matches_act_with_fixed_noise(tmp_path, selection):
     diffusion_ql = pytest.importorskip("dql.diffusion_ql")
     config = diffusion_ql.Config(
-        device="cpu", hidden_dim=32, num_candidates=6, action_selection=selection
+        device="cpu", hidden=(32, 32, 32), num_candidates=6, action_selection=selection
     )
     torch.manual_seed(0)
     agent = agent_class(diffusion_ql)(4, 2, 1.0, config)

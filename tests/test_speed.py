@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def small_config(**overrides) -> DiffusionQLConfig:
     fields = dict(
         device="cpu",
-        hidden_dim=32,
+        hidden=(32, 32, 32),
         num_candidates=4,
         steps=100,
         step_start_ema=2,
@@ -321,7 +321,7 @@ def test_sweep_batches_the_seeds_of_a_task(pendulum_store: str, tmp_path: Path) 
         f'algorithms = ["diffusion_ql", "td3bc", "mpc"]\ndatasets = ["{pendulum_store}"]\n'
         "seeds = [0, 1]\nsteps = 20\neval_interval = 20\neval_episodes = 2\n"
         "log_interval = 10\nsave_traces = false\n"
-        "[overrides.diffusion_ql]\nhidden_dim = 16\nnum_candidates = 2\n"
+        "[overrides.diffusion_ql]\nhidden = [16, 16, 16]\nnum_candidates = 2\n"
         "[overrides.td3bc]\npolicy_noise = 0.0\n"
     )
     runs = plan_runs(load_sweep(file), tmp_path / "out")
@@ -437,7 +437,7 @@ def test_inductor_step_matches_eager(case: str) -> None:
 def test_bf16_losses_track_fp32() -> None:
     """--precision bf16 (autocast) from the same weights, batches and noise: every loss within
     3% (or 0.01) of fp32's over the first steps."""
-    config = small_config(hidden_dim=64)
+    config = small_config(hidden=(64, 64, 64))
     torch.manual_seed(0)
     fp32 = DiffusionQL(OBS_DIM, ACT_DIM, 1.0, config)
     bf16 = DiffusionQL(OBS_DIM, ACT_DIM, 1.0, replace(config, precision="bf16"))
