@@ -281,13 +281,16 @@ class PanelArgs:
 
 @dataclasses.dataclass(frozen=True)
 class ExportArgs:
-    """Export a trained policy as a self-contained TorchScript file (observation normalisation
-    included; load it with torch.jit.load)."""
+    """Export a trained policy as a self-contained TorchScript or ONNX file (observation
+    normalisation included), checked against the agent's own actions."""
 
     run_dir: Positional[str]
     """run directory (holds config.json and checkpoints/)"""
+    format: Literal["torchscript", "onnx"] = "torchscript"
+    """torchscript (every policy but Diffuser's; seeded noise kept) or onnx (policies that
+    sample no noise, checked with ONNX Runtime; needs the export extra)"""
     out: str | None = None
-    """output file (default: RUN_DIR/policy.pt)"""
+    """output file (default: RUN_DIR/policy.pt, or policy.onnx)"""
     checkpoint: str = "last"
     """last, best, selected (offline choice) or a step"""
     set: tuple[str, ...] = ()

@@ -20,6 +20,11 @@ Where the policy comes from, first match wins:
 2. `agent.actor.deterministic` (CQL), else `agent.actor` (TD3+BC, IQL, BC).
 Diffuser replans every few steps and keeps its plan between calls: it is not a stateless
 module and is not exported.
+`dql export RUN_DIR --format onnx` (`export_onnx`) writes the same wrapper as ONNX for ONNX
+Runtime (batch (B, obs_dim) in, actions out), checked the same way. Policies whose actions
+sample noise (Diffusion-QL's candidates, BCQ's VAE samples) are refused, found by their actions
+differing between two seeds: ONNX Runtime's random operators cannot draw torch's noise, so such
+an export could not be checked against `agent.act`; TorchScript keeps the seed and exports them.
 The module is traced (loops unrolled, batch size dynamic). Every export is checked against
 `agent.act` on random observations, two batch sizes and two seeds; one that does not reproduce
 the agent is refused, so a wrong guess in 2 cannot pass silently.
@@ -27,10 +32,14 @@ the agent is refused, so a wrong guess in 2 cannot pass silently.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
+import logging
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -250,7 +259,7 @@ def build_exported(run: TrainedRun) -> torch.jit.ScriptModule:
 
 
 def check_export(
-    module: torch.nn.Module,
+    module: Callable[[torch.Tensor, int], torch.Tensor],
     run: TrainedRun,
     *,
     batch_sizes: Sequence[int] = (1, 7),
@@ -289,6 +298,97 @@ def export_policy(run: TrainedRun, out: str | Path, *, check: bool = True) -> di
         )
     meta = {
         "format": "dql-torchscript-policy-1",
+        **_metadata(run, error),
+        "call": "policy(observations[, seed]) -> actions; raw observations, CPU float32",
+    }
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(module, str(out), _extra_files={"dql.json": json.dumps(meta, indent=2)})
+    return meta
+
+
+def samples_noise(run: TrainedRun) -> bool:
+    """Whether the agent's actions depend on torch's RNG (two seeds, same observations)."""
+    observations = run.normalizer(np.tile(run.normalizer.mean, (4, 1)).astype(np.float32))
+    actions = []
+    for seed in (0, 1):
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
+            actions.append(np.asarray(run.agent.act(observations)))
+    return not np.array_equal(actions[0], actions[1])
+
+
+def export_onnx(run: TrainedRun, out: str | Path, *, check: bool = True) -> dict[str, Any]:
+    """Write `run`'s policy to `out` as ONNX (raw observations (batch, obs_dim) -> actions,
+    normalisation and clamp inside; metadata in the model's metadata_props "dql.json"), checked
+    against agent.act with ONNX Runtime. Policies that sample noise are refused: ONNX Runtime's
+    random operators cannot draw torch's noise, so such an export could not be checked."""
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:
+        raise UserError(
+            f"--format onnx needs onnx, onnxscript and onnxruntime ({exc.name} is missing): "
+            'pip install -e ".[export]"'
+        ) from None
+    if run.device != "cpu":
+        raise UserError("export runs on CPU; load the run with device='cpu'")
+    if samples_noise(run):
+        raise UserError(
+            f"the {run.algorithm} policy samples noise at every action (its actions differ "
+            "between seeds); ONNX Runtime cannot draw torch's noise, so an ONNX export could not "
+            "be checked against agent.act: use --format torchscript, which keeps the seed"
+        )
+    policy = copy.deepcopy(policy_module(run.agent)).to("cpu").eval().requires_grad_(False)
+    module = ExportedPolicy(policy, run.normalizer, run.action_dim, run.max_action).eval()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1)
+    exporter_log = logging.getLogger("torch.onnx")  # "torchvision is not installed" notes
+    level = exporter_log.level
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            exporter_log.setLevel(logging.ERROR)
+            torch.onnx.export(
+                module,
+                (torch.zeros(2, run.observation_dim),),
+                str(out),
+                input_names=["observations"],
+                output_names=["actions"],
+                dynamic_shapes={"observations": {0: batch}},
+                dynamo=True,
+                verbose=False,
+            )
+    except Exception as exc:  # the exporter's own errors; the user learns what and where
+        raise UserError(
+            f"cannot export the {run.algorithm} policy to ONNX ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160]}); --format torchscript may still work"
+        ) from None
+    finally:
+        exporter_log.setLevel(level)
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+
+    def run_session(observations: torch.Tensor, seed: int) -> torch.Tensor:
+        return torch.as_tensor(session.run(None, {"observations": observations.numpy()})[0])
+
+    error = check_export(run_session, run) if check else None
+    if error is not None and not error <= EXPORT_TOLERANCE:
+        out.unlink()
+        raise UserError(
+            f"the ONNX {run.algorithm} policy does not reproduce agent.act (max error "
+            f"{error:.3g} x max_action); --format torchscript may"
+        )
+    meta = {**_metadata(run, error), "format": "dql-onnx-policy-1"}
+    meta["call"] = "session.run(None, {'observations': (batch, obs_dim) float32})[0] -> actions"
+    model = onnx.load(str(out))
+    onnx.helper.set_model_props(model, {"dql.json": json.dumps(meta, indent=2)})
+    onnx.save(model, str(out))
+    return meta
+
+
+def _metadata(run: TrainedRun, error: float | None) -> dict[str, Any]:
+    return {
         "algorithm": run.algorithm,
         "dataset": run.config["dataset"],
         "checkpoint": run.checkpoint,
@@ -299,12 +399,7 @@ def export_policy(run: TrainedRun, out: str | Path, *, check: bool = True) -> di
         "normalizer": run.normalizer.state_dict(),
         "overrides": run.overrides,
         "check_max_error": error,
-        "call": "policy(observations[, seed]) -> actions; raw observations, CPU float32",
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(module, str(out), _extra_files={"dql.json": json.dumps(meta, indent=2)})
-    return meta
 
 
 def load_exported(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
@@ -320,8 +415,10 @@ def load_exported(path: str | Path) -> tuple[torch.jit.ScriptModule, dict[str, A
 def export_command(args: ExportArgs) -> int:
     """`dql export`: write a run's policy as TorchScript, checked against agent.act."""
     run = load_run(args.run_dir, checkpoint=args.checkpoint, overrides=parse_settings(args.set))
-    out = Path(args.out) if args.out else run.path / "policy.pt"
-    meta = export_policy(run, out, check=not args.no_check)
+    onnx = args.format == "onnx"
+    out = Path(args.out) if args.out else run.path / ("policy.onnx" if onnx else "policy.pt")
+    write = export_onnx if onnx else export_policy
+    meta = write(run, out, check=not args.no_check)
     checked = (
         "not checked"
         if meta["check_max_error"] is None

@@ -181,3 +181,60 @@ def test_diffusion_ql_export_matches_act_with_fixed_noise(tmp_path, selection):
         for p in agent.critic_target.parameters():
             p.add_(torch.randn_like(p))
     assert check_export(policy, run) > 1e-3
+
+
+def test_onnx_export_runs_in_onnx_runtime_without_the_package(trained_run, tmp_path):
+    from dql.export import load_run
+
+    out = tmp_path / "policy.onnx"
+    assert dql_main(["export", str(trained_run), "--format", "onnx", "--out", str(out)]) == 0
+    run = load_run(trained_run)
+    rng = np.random.default_rng(1)
+    raw = (run.normalizer.mean + run.normalizer.std * rng.normal(size=(6, 4))).astype(np.float32)
+    np.save(tmp_path / "raw.npy", raw)
+    printed = run_without_dql(
+        f"""
+        import json, numpy as np, onnx, onnxruntime
+        session = onnxruntime.InferenceSession({str(out)!r}, providers=["CPUExecutionProvider"])
+        raw = np.load("raw.npy")
+        np.save("batch.npy", session.run(None, {{"observations": raw}})[0])
+        np.save("one.npy", session.run(None, {{"observations": raw[:1]}})[0])
+        props = {{p.key: p.value for p in onnx.load({str(out)!r}).metadata_props}}
+        meta = json.loads(props["dql.json"])
+        print(meta["algorithm"], meta["observation_dim"], meta["format"])
+        """,
+        tmp_path,
+    )
+    assert printed.split() == ["tiny_bc", "4", "dql-onnx-policy-1"]
+    expected = np.clip(run.agent.act(run.normalizer(raw)), -3, 3)
+    np.testing.assert_allclose(np.load(tmp_path / "batch.npy"), expected, atol=1e-5)
+    np.testing.assert_allclose(np.load(tmp_path / "one.npy"), expected[:1], atol=1e-5)
+    assert not np.allclose(expected, expected[0])  # the observations do matter
+
+
+@pytest.mark.parametrize("name", ["td3bc", "iql", "cql", "bc"])
+def test_onnx_export_of_each_noise_free_baseline_matches_act(name, tmp_path):
+    from dql.export import export_onnx
+
+    module = registry.load_algorithm(name)
+    torch.manual_seed(0)
+    agent = agent_class(module)(4, 2, 1.0, module.Config(device="cpu", hidden=(32, 32)))
+    run = in_memory_run(agent, observation_dim=4, action_dim=2, max_action=1.0)
+    meta = export_onnx(run, tmp_path / f"{name}.onnx")
+    assert meta["check_max_error"] <= 1e-5
+
+
+def test_onnx_export_refuses_a_policy_that_samples_noise(tmp_path):
+    # Diffusion-QL and BCQ sample at every action: ONNX Runtime could not reproduce their noise
+    from dql.export import export_onnx
+
+    run = in_memory_run(GaussianBC(4, 1, 3.0, None))
+    with pytest.raises(UserError, match="samples noise"):
+        export_onnx(run, tmp_path / "policy.onnx")
+    assert not (tmp_path / "policy.onnx").exists()
+    diffusion_ql = pytest.importorskip("dql.diffusion_ql")
+    config = diffusion_ql.Config(device="cpu", hidden=(16, 16, 16), num_candidates=4)
+    agent = agent_class(diffusion_ql)(4, 2, 1.0, config)
+    dql_run = in_memory_run(agent, observation_dim=4, action_dim=2, max_action=1.0)
+    with pytest.raises(UserError, match="samples noise"):
+        export_onnx(dql_run, tmp_path / "dql.onnx")
