@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dql import report
 from dql.data import ObservationNormalizer
 from dql.errors import UserError
 from dql.evaluation import EvalResult, evaluate
@@ -360,13 +361,8 @@ def run_trade(
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub markdown table (no tabulate dependency)."""
-    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = [
-        "| " + " | ".join(_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)
-    ]
-    return "\n".join([header, rule, *body])
+    """A GitHub markdown table, floats to 3 significant digits (1 decimal from 10 up)."""
+    return report.markdown_table(frame.map(_cell))
 
 
 def _cell(value: Any) -> str:

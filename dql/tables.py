@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from dql.errors import UserError
+from dql.report import latex_escape, latex_table, markdown_table
 
 if TYPE_CHECKING:
     from dql.cli import TableArgs
@@ -505,19 +506,48 @@ def render(
     tex += [f"%   {line}" for line in provenance]
     for kind in kinds:
         header, rows = _cells(runs, kind, algorithms)
-        md += [f"## {kind.capitalize()} score", "", _caption(kind), ""]
-        md += ["| dataset | " + " | ".join(header) + " |"]
-        md += ["|---|" + "---|" * len(header)]
-        for label, cells in rows:
-            texts = [f"**{t}**" if best else t for t, best in cells]
-            md.append(f"| {label} | " + " | ".join(texts) + " |")
-        md.append("")
-        tex += _latex_table(header, rows, _caption(kind), f"tab:{kind}-score")
+        columns = ["dataset", *header]
+        texts = pd.DataFrame(
+            [[label, *(t for t, _ in cells)] for label, cells in rows], columns=columns
+        )
+        bold = pd.DataFrame([[False, *(b for _, b in cells)] for _, cells in rows], columns=columns)
+        shown = texts.mask(bold, "**" + texts + "**")
+        md += [f"## {kind.capitalize()} score", "", _caption(kind), "", markdown_table(shown), ""]
+        first_average = next(
+            (k for k, (label, _) in enumerate(rows) if label.endswith(" average")), None
+        )
+        tex.append(
+            latex_table(
+                texts,
+                caption=_caption(kind),
+                label=f"tab:{kind}-score",
+                bold=bold,
+                rule_before_row=first_average,
+            )
+        )
 
     md += [f"## Aggregate ({score} score)", ""]
     if agg_note:
         md += [agg_note, ""]
     else:
+        improvement = [
+            f"{agg.improvement:.2f} [{agg.improvement_low:.2f}, {agg.improvement_high:.2f}]"
+            if agg.improvement is not None
+            else None
+            for agg in aggregates
+        ]
+        frame = pd.DataFrame(
+            {
+                "algorithm": [agg.algorithm for agg in aggregates],
+                "IQM": [_fmt(agg.iqm) for agg in aggregates],
+                "95% CI": [f"[{_fmt(agg.iqm_low)}, {_fmt(agg.iqm_high)}]" for agg in aggregates],
+                "runs": [str(agg.runs) for agg in aggregates],
+                f"P(X > {reference})": [
+                    poi or ("reference" if agg.algorithm == reference else "n/a")
+                    for poi, agg in zip(improvement, aggregates)
+                ],
+            }
+        )
         md += [
             f"Interquartile mean (IQM) over all (seed, dataset) {score} scores with 95% stratified "
             f"bootstrap confidence intervals (rliable, {reps} resamples of seeds within each "
@@ -525,119 +555,48 @@ def render(
             f"{', '.join(agg_tasks)}. P(X > {reference}): rliable's probability of improvement "
             "(Mann-Whitney, averaged over datasets) with its 95% bootstrap interval.",
             "",
-            f"| algorithm | IQM | 95% CI | runs | P(X > {reference}) |",
-            "|---|---|---|---|---|",
+            markdown_table(frame),
+            "",
         ]
-        for agg in aggregates:
-            poi = (
-                f"{agg.improvement:.2f} [{agg.improvement_low:.2f}, {agg.improvement_high:.2f}]"
-                if agg.improvement is not None
-                else "reference"
-                if agg.algorithm == reference
-                else "n/a"
+        latex_frame = frame.drop(columns="runs")
+        latex_frame[latex_frame.columns[-1]] = [poi or "–" for poi in improvement]
+        tex.append(
+            latex_table(
+                latex_frame,
+                caption=f"Aggregate {score} score: IQM with 95% stratified bootstrap CIs "
+                f"(rliable); probability of improvement over {reference}.",
+                label="tab:aggregate",
+                header=[
+                    "Algorithm",
+                    "IQM",
+                    r"95\% CI",
+                    rf"$P(X > \mathrm{{{latex_escape(reference)}}})$",
+                ],
             )
-            md.append(
-                f"| {agg.algorithm} | {_fmt(agg.iqm)} | [{_fmt(agg.iqm_low)}, "
-                f"{_fmt(agg.iqm_high)}] | {agg.runs} | {poi} |"
-            )
-        md.append("")
-        tex += _latex_aggregate(aggregates, reference, score)
+        )
 
+    significant = [math.isfinite(p) and p < 0.05 for p in tests["p"]]
+    frame = pd.DataFrame(
+        {
+            "dataset": tests["task"],
+            "algorithm": tests["algorithm"],
+            "difference": [_fmt(v) for v in tests["difference"]],
+            "t": [_fmt(v, 2) for v in tests["t"]],
+            "p": [_fmt(p, 3) + (" *" if star else "") for p, star in zip(tests["p"], significant)],
+        }
+    )
     md += [
         f"## Against {reference} ({score} score)",
         "",
         "Welch's t-test (two-sided, unequal variances) of per-seed scores, per dataset; "
         "difference = mean(X) - mean(reference); n/a with fewer than 2 seeds on a side.",
         "",
-        "| dataset | algorithm | difference | t | p |",
-        "|---|---|---|---|---|",
+        markdown_table(frame),
     ]
-    for row in tests.itertuples():
-        mark = " *" if math.isfinite(row.p) and row.p < 0.05 else ""
-        md.append(
-            f"| {row.task} | {row.algorithm} | {_fmt(row.difference)} | {_fmt(row.t, 2)} | "
-            f"{_fmt(row.p, 3)}{mark} |"
-        )
     md += ["", "\\* p < 0.05", "", "## Provenance", ""]
     md += [f"- {line}" for line in provenance]
     md.append("")
-    return Report("\n".join(md), "\n".join(tex) + "\n")
-
-
-LATEX_SPECIAL = {
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "\\": r"\textbackslash{}",
-}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(LATEX_SPECIAL.get(char, char) for char in text)
-
-
-def _latex_cell(text: str, best: bool) -> str:
-    body = latex_escape(text).replace("±", r"$\pm$").replace("–", "--")
-    return rf"\textbf{{{body}}}" if best else body
-
-
-def _latex_table(
-    header: list[str], rows: list[tuple[str, list[tuple[str, bool]]]], caption: str, label: str
-) -> list[str]:
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        r"\caption{" + latex_escape(caption).replace("±", r"$\pm$") + "}",
-        rf"\label{{{label}}}",
-        r"\begin{tabular}{l" + "c" * len(header) + "}",
-        r"\toprule",
-        "Dataset & " + " & ".join(latex_escape(h) for h in header) + r" \\",
-        r"\midrule",
-    ]
-    tasks_done = False
-    for label_text, cells in rows:
-        if label_text.endswith(" average") and not tasks_done:
-            lines.append(r"\midrule")
-            tasks_done = True
-        lines.append(
-            latex_escape(label_text)
-            + " & "
-            + " & ".join(_latex_cell(t, b) for t, b in cells)
-            + r" \\"
-        )
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
-    return lines
-
-
-def _latex_aggregate(aggregates: list[Aggregate], reference: str, score: str) -> list[str]:
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        rf"\caption{{Aggregate {score} score: IQM with 95\% stratified bootstrap CIs (rliable); "
-        rf"probability of improvement over {latex_escape(reference)}.}}",
-        r"\begin{tabular}{lccc}",
-        r"\toprule",
-        rf"Algorithm & IQM & 95\% CI & $P(X > \mathrm{{{latex_escape(reference)}}})$ \\",
-        r"\midrule",
-    ]
-    for agg in aggregates:
-        poi = (
-            f"{agg.improvement:.2f} [{agg.improvement_low:.2f}, {agg.improvement_high:.2f}]"
-            if agg.improvement is not None
-            else "--"
-        )
-        lines.append(
-            f"{latex_escape(agg.algorithm)} & {_fmt(agg.iqm)} & [{_fmt(agg.iqm_low)}, "
-            f"{_fmt(agg.iqm_high)}] & {poi} \\\\"
-        )
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
-    return lines
+    return Report("\n".join(md), "\n".join(tex))
 
 
 # --------------------------------------------------------------------------- plots

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -70,6 +71,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from dql.buffer import ReplayBuffer  # noqa: E402
 from dql.data import DatasetInfo, Transitions  # noqa: E402
 from dql.registry import ALGORITHMS, agent_class  # noqa: E402
+from dql.report import markdown_table  # noqa: E402
 
 OBSERVATION_DIM, ACTION_DIM, BATCH_SIZE, HIDDEN = 11, 3, 256, 256
 DATASET_SIZE, EPISODE_LENGTH = 20_000, 1000
@@ -1001,11 +1003,17 @@ def add_efficiency(row: dict[str, Any], peak: float) -> None:
 # --------------------------------------------------------------------------- report
 
 
+def _table(rows: list[dict[str, Any]]) -> str:
+    """The rows (column -> value) as a Markdown table; missing values show as '-'."""
+    return markdown_table(pd.DataFrame(rows).fillna("-").astype(str))
+
+
 def write_report(result: dict[str, Any], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# Benchmark", ""]
     m = result["machine"]
+    algorithms = result["algorithms"]
     lines += [
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} thread(s), "
         f"load average at start {m['load_average_at_start']}, at end {m.get('load_average_at_end')}"
@@ -1017,24 +1025,35 @@ def write_report(result: dict[str, Any], out: Path) -> Path:
         "",
         "## Training (gradient steps/s, batch 256)",
         "",
-        "| algorithm | device | compile | ours steps/s | reference | ref steps/s | ratio | "
-        "ratio (CPU time) |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in result["algorithms"]:
-        lines.append(
-            f"| {r['algorithm']} | {r['device']} | {r['compile']} | {r['steps_per_s']} | "
-            f"{r['reference'] or '-'} | {r.get('reference_steps_per_s', '-')} | "
-            f"{_x(r.get('train_ratio'))} | {_x(r.get('train_ratio_cpu'))} |"
-        )
-    for r in result["algorithms"]:
-        for v in r.get("variants", []):
-            lines.append(
-                f"| {r['algorithm']} ({v['variant']}) | {r['device']} | "
-                f"{v['variant'] != 'no compile' and r['compile']} | {v['steps_per_s']} | "
-                f"{r['reference'] or '-'} | {r.get('reference_steps_per_s', '-')} | "
-                f"{_x(v['ratio'])} | {_x(v.get('ratio_cpu'))} |"
-            )
+    training = [
+        {
+            "algorithm": r["algorithm"],
+            "device": r["device"],
+            "compile": r["compile"],
+            "ours steps/s": r["steps_per_s"],
+            "reference": r["reference"] or "-",
+            "ref steps/s": r.get("reference_steps_per_s", "-"),
+            "ratio": _x(r.get("train_ratio")),
+            "ratio (CPU time)": _x(r.get("train_ratio_cpu")),
+        }
+        for r in algorithms
+    ]
+    training += [
+        {
+            "algorithm": f"{r['algorithm']} ({v['variant']})",
+            "device": r["device"],
+            "compile": v["variant"] != "no compile" and r["compile"],
+            "ours steps/s": v["steps_per_s"],
+            "reference": r["reference"] or "-",
+            "ref steps/s": r.get("reference_steps_per_s", "-"),
+            "ratio": _x(v["ratio"]),
+            "ratio (CPU time)": _x(v.get("ratio_cpu")),
+        }
+        for r in algorithms
+        for v in r.get("variants", [])
+    ]
+    lines.append(_table(training))
     if result.get("matmul_gflops"):
         lines += [
             "",
@@ -1044,19 +1063,21 @@ def write_report(result: dict[str, Any], out: Path) -> Path:
             "the ratio the reference would show against an implementation of the same FLOPs "
             "running at that peak.",
             "",
-            "| algorithm | GFLOP/step ours | GFLOP/step ref | ours % of peak | ref % of peak | "
-            "fp32 ceiling ratio |",
-            "|---|---|---|---|---|---|",
+            _table(
+                [
+                    {
+                        "algorithm": r["algorithm"],
+                        "GFLOP/step ours": r["gflop_per_step"],
+                        "GFLOP/step ref": r.get("reference_gflop_per_step") or "-",
+                        "ours % of peak": _pct(r.get("fraction_of_peak")),
+                        "ref % of peak": _pct(r.get("reference_fraction_of_peak")),
+                        "fp32 ceiling ratio": _x(r.get("fp32_ceiling_ratio")),
+                    }
+                    for r in algorithms
+                    if r["device"] == "cpu" and r.get("gflop_per_step")
+                ]
+            ),
         ]
-        for r in result["algorithms"]:
-            if r["device"] != "cpu" or not r.get("gflop_per_step"):
-                continue
-            lines.append(
-                f"| {r['algorithm']} | {r['gflop_per_step']} | "
-                f"{r.get('reference_gflop_per_step') or '-'} | "
-                f"{_pct(r.get('fraction_of_peak'))} | {_pct(r.get('reference_fraction_of_peak'))} "
-                f"| {_x(r.get('fp32_ceiling_ratio'))} |"
-            )
     if result.get("diffusion_ql_efficiency"):
         e = result["diffusion_ql_efficiency"]
         lines += [
@@ -1066,49 +1087,47 @@ def write_report(result: dict[str, Any], out: Path) -> Path:
             f"reference at {100 * e['reference_fraction']:.0f}% of the rate of a bare fp32 "
             f"256x256x256 matmul measured in this run ({e['matmul_gflops']:.0f} GFLOP/s).",
         ]
-    lines += [
-        "",
-        "## Action selection (ms per act call)",
-        "",
-        "| algorithm | ours 1 obs | ref 1 obs | ratio | ours 10 obs | ref 10 obs | ratio |",
-        "|---|---|---|---|---|---|---|",
+    acting = [
+        {
+            "algorithm": r["algorithm"],
+            "ours 1 obs": r["act_ms_1"],
+            "ref 1 obs": r.get("reference_act_ms_1", "-"),
+            "ratio 1 obs": _x(r.get("act_ratio_1")),
+            "ours 10 obs": r.get("act_ms_10", "-"),
+            "ref 10 obs": r.get("reference_act_ms_10", "-"),
+            "ratio 10 obs": _x(r.get("act_ratio_10")),
+        }
+        for r in algorithms
     ]
-    for r in result["algorithms"]:
-        lines.append(
-            f"| {r['algorithm']} | {r['act_ms_1']} | {r.get('reference_act_ms_1', '-')} | "
-            f"{_x(r.get('act_ratio_1'))} | {r.get('act_ms_10', '-')} | {r.get('reference_act_ms_10', '-')} "
-            f"| {_x(r.get('act_ratio_10'))} |"
-        )
-    lines += [
-        "",
-        "## Peak memory of training steps (MiB above the resident set before them)",
-        "",
-        "| algorithm | ours | reference | ratio | method |",
-        "|---|---|---|---|---|",
+    memory = [
+        {
+            "algorithm": r["algorithm"],
+            "ours": r["peak_mib"],
+            "reference": r.get("reference_peak_mib", "-"),
+            "ratio": _x(r.get("memory_ratio")),
+            "method": r["memory_method"],
+        }
+        for r in algorithms
     ]
-    for r in result["algorithms"]:
-        lines.append(
-            f"| {r['algorithm']} | {r['peak_mib']} | {r.get('reference_peak_mib', '-')} | "
-            f"{_x(r.get('memory_ratio'))} | {r['memory_method']} |"
-        )
+    lines += ["", "## Action selection (ms per act call)", "", _table(acting)]
+    lines += ["", "## Peak memory of training steps (MiB above the resident set before them)", ""]
+    lines.append(_table(memory))
     if result.get("evaluation"):
-        lines += [
-            "",
-            "## Evaluation (episodes/s, Hopper-v5)",
-            "",
-            "| algorithm | episodes x steps | parallel | one after another | ratio | "
-            "reference one after another | ratio | env alone | act alone |",
-            "|---|---|---|---|---|---|---|---|---|",
+        evaluation = [
+            {
+                "algorithm": r["algorithm"],
+                "episodes x steps": f"{r['episodes']} x {r['episode_steps']}",
+                "parallel": r["parallel_episodes_per_s"],
+                "one after another": r["sequential_episodes_per_s"],
+                "ratio": _x(r["parallel_vs_sequential"]),
+                "reference one after another": r.get("reference_sequential_episodes_per_s", "-"),
+                "ratio to reference": _x(r.get("parallel_vs_reference_sequential")),
+                "env alone": _x(r.get("free_policy_parallel_vs_sequential")),
+                "act alone": _x(r.get("act_alone")),
+            }
+            for r in result["evaluation"]
         ]
-        for r in result["evaluation"]:
-            lines.append(
-                f"| {r['algorithm']} | {r['episodes']} x {r['episode_steps']} | "
-                f"{r['parallel_episodes_per_s']} | {r['sequential_episodes_per_s']} | "
-                f"{_x(r['parallel_vs_sequential'])} | "
-                f"{r.get('reference_sequential_episodes_per_s', '-')} | "
-                f"{_x(r.get('parallel_vs_reference_sequential'))} | "
-                f"{_x(r.get('free_policy_parallel_vs_sequential'))} | {_x(r.get('act_alone'))} |"
-            )
+        lines += ["", "## Evaluation (episodes/s, Hopper-v5)", "", _table(evaluation)]
         lines += [
             "",
             "The gain of each part alone: 'env alone' is the same measurement with a policy "
@@ -1118,6 +1137,25 @@ def write_report(result: dict[str, Any], out: Path) -> Path:
         ]
     if result.get("batched_seeds_generic"):
         peak = result.get("matmul_gflops")
+        rows = []
+        for b in result["batched_seeds_generic"]:
+            for t in b["settings"]:
+                gflop = t.get("single_gflop_per_step")
+                f = gflop * t["single_steps_per_s"] / peak if gflop and peak else None
+                rows.append(
+                    {
+                        "algorithm": t["algorithm"],
+                        "precision": t["precision"],
+                        "threads": t["threads"],
+                        "1 seed steps/s": t["single_steps_per_s"],
+                        "batched steps/s": t["batched_steps_per_s"],
+                        "time ratio": f"{t['batched_time_over_single']}x",
+                        "CPU-time ratio": f"{t['batched_cpu_time_over_single']}x",
+                        "gain": f"{t['seed_steps_per_s_gain']}x",
+                        "1 seed at f of peak": "-" if f is None else f"{100 * f:.0f}%",
+                        "ratio bound": "-" if f is None else f"{SEEDS_BATCHED * f:.2f}x",
+                    }
+                )
         lines += [
             "",
             "## Batched seeds (every other algorithm: the generic stack, dql.batched_seeds)",
@@ -1129,23 +1167,23 @@ def write_report(result: dict[str, Any], out: Path) -> Path:
             "for a 1x ratio, so the ratio cannot fall below "
             f"{SEEDS_BATCHED}f (f from FlopCounterMode's count x steps/s over the peak).",
             "",
-            "| algorithm | precision | threads | 1 seed steps/s | batched steps/s | time ratio | "
-            "CPU-time ratio | gain | 1 seed at f of peak | ratio bound |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            _table(rows),
         ]
-        for b in result["batched_seeds_generic"]:
-            for t in b["settings"]:
-                gflop = t.get("single_gflop_per_step")
-                f = gflop * t["single_steps_per_s"] / peak if gflop and peak else None
-                lines.append(
-                    f"| {t['algorithm']} | {t['precision']} | {t['threads']} | "
-                    f"{t['single_steps_per_s']} | {t['batched_steps_per_s']} | "
-                    f"{t['batched_time_over_single']}x | {t['batched_cpu_time_over_single']}x | "
-                    f"{t['seed_steps_per_s_gain']}x | {'-' if f is None else f'{100 * f:.0f}%'} | "
-                    f"{'-' if f is None else f'{SEEDS_BATCHED * f:.2f}x'} |"
-                )
     if result.get("batched_seeds"):
         b = result["batched_seeds"]
+        rows = [
+            {
+                "compile": t.get("compile"),
+                "precision": t.get("precision", "fp32"),
+                "threads": t.get("threads", "-"),
+                "1 seed steps/s": t["single_steps_per_s"],
+                "batched steps/s": t["batched_steps_per_s"],
+                "time ratio": f"{t['batched_time_over_single']}x",
+                "CPU-time ratio": f"{t['batched_cpu_time_over_single']}x",
+                "gain": f"{t['seed_steps_per_s_gain']}x",
+            }
+            for t in b.get("settings", [b])
+        ]
         lines += [
             "",
             "## Batched seeds (Diffusion-QL)",
@@ -1154,18 +1192,9 @@ def write_report(result: dict[str, Any], out: Path) -> Path:
             f"({b['device']}); time ratio: wall time of a batched step over a single-seed step "
             "(the target is at most 3.5x); gain: seed-steps per second over one seed at a time.",
             "",
-            "| compile | precision | threads | 1 seed steps/s | batched steps/s | time ratio | "
-            "CPU-time ratio | gain |",
-            "|---|---|---|---|---|---|---|---|",
+            _table(rows),
         ]
-        for t in b.get("settings", [b]):
-            lines.append(
-                f"| {t.get('compile')} | {t.get('precision', 'fp32')} | {t.get('threads', '-')} | "
-                f"{t['single_steps_per_s']} | {t['batched_steps_per_s']} | "
-                f"{t['batched_time_over_single']}x | {t['batched_cpu_time_over_single']}x | "
-                f"{t['seed_steps_per_s_gain']}x |"
-            )
-        single = [r for r in result["algorithms"] if r["algorithm"] == "diffusion_ql"]
+        single = [r for r in algorithms if r["algorithm"] == "diffusion_ql"]
         if single and single[0].get("fraction_of_peak"):
             needed = SEEDS_BATCHED * single[0]["fraction_of_peak"] / 3.5
             lines += [
@@ -1176,6 +1205,17 @@ def write_report(result: dict[str, Any], out: Path) -> Path:
                 f"{100 * needed:.0f}% of peak.",
             ]
     if result.get("q_gradient"):
+        rows = [
+            {
+                "T": r["n_timesteps"],
+                "device": r["device"],
+                "compile": r["compile"],
+                "chain steps/s": r["chain_steps_per_s"],
+                "approx steps/s": r["approx_steps_per_s"],
+                "approx / chain": f"{r['approx_over_chain']}x",
+            }
+            for r in result["q_gradient"]
+        ]
         lines += [
             "",
             "## EDP action approximation (Diffusion-QL)",
@@ -1184,15 +1224,8 @@ def write_report(result: dict[str, Any], out: Path) -> Path:
             "through the whole reverse chain, the paper), same compile and precision; the "
             "critic's target chain is the same in both. Target: at least 1.6x at T = 5.",
             "",
-            "| T | device | compile | chain steps/s | approx steps/s | approx / chain |",
-            "|---|---|---|---|---|---|",
+            _table(rows),
         ]
-        for r in result["q_gradient"]:
-            lines.append(
-                f"| {r['n_timesteps']} | {r['device']} | {r['compile']} | "
-                f"{r['chain_steps_per_s']} | {r['approx_steps_per_s']} | "
-                f"{r['approx_over_chain']}x |"
-            )
     if result["notes"]:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in result["notes"]]
     path = out / "bench.md"
