@@ -1,7 +1,7 @@
 """Action-selection latency: milliseconds per `agent.act` call at batch 1 (one robot, one step)
 and batched, on the agent's device and, when a GPU is present, on the other device too.
 
-Wall-clock medians over repeated calls after a warm-up, on random normalised observations; the
+Wall-clock medians (torch.utils.benchmark) over repeated calls after a warm-up, on random normalised observations; the
 call includes the host<->device copies `act` does, as a deployed controller pays them. On a
 shared machine these numbers are noisy: compare within one measurement, not across machines.
 `dql latency RUN_DIR [RUN_DIR ...]` writes them to RUN_DIR/latency.json with the agent's speed
@@ -13,7 +13,6 @@ every run would cost each run time and put a noisy number among its results.
 from __future__ import annotations
 
 import platform
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,45 +69,32 @@ def time_act(
     observation_dim: int,
     batch_size: int,
     *,
-    warmup: int = 2,
-    min_calls: int = 5,
-    max_calls: int = 200,
-    min_seconds: float = 0.1,
-    max_seconds: float = 2.0,
+    min_seconds: float = 0.2,
     seed: int = 0,
 ) -> dict[str, float]:
     """Median and 90th percentile milliseconds of one `agent.act` call on a (batch_size, obs)
-    batch: at least `min_calls` calls and `min_seconds`, unless `max_seconds` runs out first (a
-    planner that takes seconds per call is timed once or twice, not for minutes)."""
+    batch, by torch.utils.benchmark's `blocked_autorange` after one warm-up call: blocks of
+    calls for at least `min_seconds` (a planner that takes seconds per call is timed twice)."""
+    from torch.utils.benchmark import Timer
+
     observations = np.random.default_rng(seed).standard_normal((batch_size, observation_dim))
     observations = observations.astype(np.float32)
-    times: list[float] = []
+    timer = Timer(
+        "np.asarray(agent.act(observations))",  # host arrays: a device agent is synced
+        globals={"np": np, "agent": agent, "observations": observations},
+        num_threads=torch.get_num_threads(),  # the Timer's default is one thread
+    )
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
-        tic = time.perf_counter()
         agent.act(observations)  # warm-up: lazy initialisation, allocator and kernel caches
-        first = time.perf_counter() - tic
-        if first > max_seconds / 2:  # a slow planner: one call is the measurement
-            times.append(first)
-        else:
-            for _ in range(warmup - 1):
-                agent.act(observations)
-            started = time.perf_counter()
-            while len(times) < max_calls:
-                elapsed = time.perf_counter() - started
-                enough = len(times) >= min_calls and elapsed >= min_seconds
-                if times and (enough or elapsed >= max_seconds):
-                    break
-                tic = time.perf_counter()
-                np.asarray(agent.act(observations))  # host arrays: the device is synced
-                times.append(time.perf_counter() - tic)
-    ms = np.asarray(times) * 1000
-    median = float(np.median(ms))
+        measurement = timer.blocked_autorange(min_run_time=min_seconds)
+    ms = np.asarray(measurement.times) * 1000  # per call, averaged within each block
+    median = float(measurement.median * 1000)
     return {
         "ms_per_call": median,
         "ms_per_action": median / batch_size,
         "p90_ms_per_call": float(np.percentile(ms, 90)),
-        "calls": len(times),
+        "calls": len(measurement.raw_times) * measurement.number_per_run,
     }
 
 

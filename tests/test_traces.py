@@ -162,3 +162,28 @@ def test_gif_is_written_when_asked(tmp_path):
     written = write_video(frames, tmp_path / "clip.gif", fps=10)
     with Image.open(written) as gif:
         assert gif.n_frames == 5
+
+
+def test_latency_is_per_call_and_per_action_of_a_known_cost():
+    # an act that sleeps 4 ms a call: the median is at least that, per action divides by batch,
+    # and a multi-second planner is called a handful of times, not for minutes
+    import time
+
+    from dql.latency import time_act
+
+    class Sleeper:
+        def __init__(self, seconds: float) -> None:
+            self.seconds, self.calls = seconds, 0
+
+        def act(self, observations: np.ndarray) -> np.ndarray:
+            self.calls += 1
+            time.sleep(self.seconds)
+            return observations[:, :1]
+
+    timed = time_act(Sleeper(0.004), 3, 10, min_seconds=0.1)
+    assert 4.0 <= timed["ms_per_call"] < 200.0
+    assert timed["ms_per_action"] == pytest.approx(timed["ms_per_call"] / 10)
+    assert timed["p90_ms_per_call"] >= timed["ms_per_call"] and timed["calls"] >= 5
+    planner = Sleeper(0.3)
+    assert time_act(planner, 3, 1, min_seconds=0.1)["ms_per_call"] >= 300.0
+    assert planner.calls <= 4
