@@ -102,6 +102,50 @@ def literal_choices(config_class: type) -> dict[str, tuple[Any, ...]]:
     }
 
 
+def kind_errors(config_class: type, values: dict[str, Any]) -> dict[str, str]:
+    """Field name -> the kind it takes, for each value (from a TOML file: a sweep, a
+    hyperparameter table) that does not fit its field's annotation; unknown names are left to
+    the caller. The annotation is the one tyro parses flags into, so a file and a flag agree."""
+    hints = typing.get_type_hints(config_class)
+    return {
+        name: _kind_text(hints[name])
+        for name, value in values.items()
+        if name in hints and not _fits(hints[name], value)
+    }
+
+
+def _fits(annotation: Any, value: Any) -> bool:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(a, value) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (tuple, list, Sequence):  # TOML arrays; tuple[int, ...] or fixed length
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(args[0], v) for v in value)
+        return not args or (len(args) == len(value) and all(map(_fits, args, value)))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    return True  # other kinds (paths, ...) are checked where they are used
+
+
+def _kind_text(annotation: Any) -> str:
+    if typing.get_origin(annotation) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    return text or str(annotation).replace("typing.", "")
+
+
 def field_ranges(config_class: type) -> dict[str, str]:
     """Field name -> its declared range."""
     return {n: m["range"] for n, m in _declared(config_class).items() if m.get("range")}

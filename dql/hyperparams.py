@@ -13,6 +13,7 @@ from typing import Any
 
 import tomllib
 
+from dql.config_fields import kind_errors
 from dql.data import task_name
 from dql.errors import ConfigError
 
@@ -43,5 +44,9 @@ def task_hyperparams(
     if unknown:
         raise ConfigError(
             f"hyperparameters for {algorithm}/{task} name unknown field(s): {', '.join(unknown)}"
+        )
+    for name, kind in kind_errors(config_cls, values).items():
+        raise ConfigError(
+            f"hyperparameters for {algorithm}/{task}: {name} = {values[name]!r} should be {kind}"
         )
     return values

@@ -217,48 +217,23 @@ def _string_list(value: Any, key: str, fail: Any) -> list[str]:
 
 def _check_fields(values: dict[str, Any], configs: dict[str, type], where: str, fail: Any) -> None:
     """Every key a field of every given config class, with a value of the field's kind."""
-    from dql.training import TrainConfig, fields_with_role
+    from dql.training import TrainConfig, fields_with_role, kind_errors
 
     set_by_sweep = fields_with_role(TrainConfig, "set_by_sweep")
-    for key, value in values.items():
+    for key in values:
         if key in set_by_sweep:
             raise fail(
                 f"{where}: {key!r} is set by the sweep itself "
                 "(use algorithms, datasets, seeds and --out)"
             )
-        for algorithm, config_cls in configs.items():
-            fields = {f.name: f for f in dataclasses.fields(config_cls)}
-            if key not in fields:
-                hint = " (put it under [overrides.ALGORITHM])" if len(configs) > 1 else ""
-                raise fail(f"{where}: unknown config field {key!r} for {algorithm}{hint}")
-            default = _field_default(fields[key])
-            if not _same_kind(value, default):
-                raise fail(
-                    f"{where}: {key} = {value!r} should be {type(default).__name__} "
-                    f"like the default {default!r}"
-                )
-
-
-def _field_default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return None
-
-
-def _same_kind(value: Any, default: Any) -> bool:
-    if default is None:
-        return True
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, (list, tuple)):
-        return isinstance(value, (list, tuple))
-    return isinstance(value, type(default))
+    for algorithm, config_cls in configs.items():
+        fields = {f.name for f in dataclasses.fields(config_cls)}
+        unknown = [key for key in values if key not in fields]
+        if unknown:
+            hint = " (put it under [overrides.ALGORITHM])" if len(configs) > 1 else ""
+            raise fail(f"{where}: unknown config field {unknown[0]!r} for {algorithm}{hint}")
+        for key, kind in kind_errors(config_cls, values).items():
+            raise fail(f"{where}: {key} = {values[key]!r} should be {kind}")
 
 
 # --------------------------------------------------------------------------- planning

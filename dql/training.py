@@ -38,6 +38,7 @@ from dql.checkpoint import Checkpointed  # noqa: F401  (re-exported for algorith
 from dql.config_fields import (  # noqa: F401  (re-exported: the protocol's helpers)
     check_fields,
     fields_with_role,
+    kind_errors,
     literal_choices,
     result_neutral_fields,
     roles,

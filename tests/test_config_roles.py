@@ -75,3 +75,23 @@ def test_ranges_keep_their_bounds_and_none_where_a_field_allows_it():
     assert field_ranges(mpc.Config)["steps"] == ">= 1"
     with pytest.raises(ConfigError, match="--max-episode-steps must be a positive integer"):
         td3bc.Config(max_episode_steps=0).validate()
+
+
+def test_hyperparameter_tables_are_checked_against_the_field_types(tmp_path):
+    # the per-task table is a file like a sweep: a value of the wrong kind is refused with the
+    # field and the kind it takes, before any config is built from it
+    from dql.hyperparams import task_hyperparams
+
+    table = tmp_path / "table.toml"
+    table.write_text('[defaults]\nactor_lr = 3e-4\n[tasks."hopper-medium"]\nhidden = 256\n')
+    dataset = "local/hopper/medium-v0"
+    with pytest.raises(ConfigError, match=r"hidden = 256 should be tuple\[int, \.\.\.\]"):
+        task_hyperparams("td3bc", dataset, td3bc.Config, table)
+    table.write_text('[defaults]\nactor_lr = "fast"\n')
+    with pytest.raises(ConfigError, match="actor_lr = 'fast' should be float"):
+        task_hyperparams("td3bc", dataset, td3bc.Config, table)
+    table.write_text("[defaults]\nactor_lr = 1\nhidden = [64, 64]\n")  # an int is a float
+    assert task_hyperparams("td3bc", dataset, td3bc.Config, table) == {
+        "actor_lr": 1,
+        "hidden": [64, 64],
+    }

@@ -113,6 +113,14 @@ MALFORMED = {
         'algorithms = ["tiny_a"]\ndatasets = ["x/y/z-v0"]\nseeds = [0]\nsteps = "many"',
         "steps = 'many' should be int",
     ),
+    "wrong_type_of_an_optional_field": (  # a None default says nothing; the annotation does
+        'algorithms = ["tiny_a"]\ndatasets = ["x/y/z-v0"]\nseeds = [0]\nref_min_score = "low"',
+        "ref_min_score = 'low' should be float | None",
+    ),
+    "not_a_choice": (
+        'algorithms = ["tiny_a"]\ndatasets = ["x/y/z-v0"]\nseeds = [0]\nreward_transform = "sqrt"',
+        "reward_transform = 'sqrt' should be one of 'none'",
+    ),
     "reserved_field": (
         'algorithms = ["tiny_a"]\ndatasets = ["x/y/z-v0"]\nseeds = [0]\nseed = 4',
         "'seed' is set by the sweep itself",
