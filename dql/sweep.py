@@ -395,42 +395,16 @@ def _wait_for_unlock(run_dirs: Sequence[Path], timeout: float) -> None:
 def run_one(spec: RunSpec) -> dict[str, Any]:
     """Train one run in this process and say how it ended; never raises for a run's own failure.
     A run with a config.json continues from its checkpoint (resume)."""
-    from dql.errors import DivergenceError
-    from dql.runs import RunDirectory
-    from dql.training import TrainingInterrupted
-
-    run = RunDirectory(spec.run_dir)
     started = time.perf_counter()
-    with _run_lock(run.path) as acquired:
+    with _run_lock(Path(spec.run_dir)) as acquired:
         if not acquired:
-            return _outcome(spec, "busy", error="another process is training this run")
-        resume = (run.path / "config.json").exists()
+            return read_outcome(spec, EXIT_BUSY, 0.0)
         try:
-            module = importlib.import_module(spec.module)
-            config = module.Config(**{**spec.config, "resume": resume})
-            result = module.train(config)
-        except TrainingInterrupted as exc:
-            return _outcome(spec, "interrupted", error=str(exc))
-        except KeyboardInterrupt:
-            return _outcome(spec, "interrupted", error="interrupted before training started")
-        except Exception as exc:
-            traceback.print_exc()
-            error = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, (UserError, DivergenceError)):
-                error = str(exc)
-            if run.status().get("status") != "failed":  # failed before the loop started
-                run.set_status("failed", step=0, error=error)
-            else:
-                error = run.status().get("error", error)
-            return _outcome(spec, "failed", error=error)
-    elapsed = time.perf_counter() - started
-    return _outcome(
-        spec,
-        "complete",
-        final_score=result.get("final_score"),
-        best_score=result.get("best_score"),
-        wall_time=elapsed,
-    )
+            importlib.import_module(spec.module).train(_config(spec))
+            code = EXIT_COMPLETE
+        except (Exception, KeyboardInterrupt) as exc:  # the run's own failure, recorded
+            code = _record_failure(spec, exc)
+    return read_outcome(spec, code, time.perf_counter() - started)
 
 
 def run_job(specs: Sequence[RunSpec], num_threads: int = 1) -> list[dict[str, Any]]:
@@ -447,52 +421,44 @@ def run_batched_seeds(specs: Sequence[RunSpec]) -> list[dict[str, Any]]:
     """Train the seeds of one task as one batched model (dql.batched_seeds); each run's outcome
     as `run_one` reports it. Runs locked by another process are left to it."""
     from dql.batched_seeds import run_batched
-    from dql.errors import DivergenceError
-    from dql.runs import RunDirectory
-    from dql.training import TrainingInterrupted
 
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         held = [s for s in specs if stack.enter_context(_run_lock(Path(s.run_dir)))]
-        outcomes = {
-            s.key: _outcome(s, "busy", error="another process is training this run")
-            for s in specs
-            if s not in held
-        }
         try:
-            configs = [
-                importlib.import_module(s.module).Config(
-                    **{**s.config, "resume": (Path(s.run_dir) / "config.json").exists()}
-                )
-                for s in held
-            ]
-            results: list[Any] = run_batched(configs) if configs else []
-        except Exception as exc:  # the group could not start
-            traceback.print_exc()
+            results: list[Any] = run_batched([_config(s) for s in held]) if held else []
+        except (Exception, KeyboardInterrupt) as exc:  # the group could not start
             results = [exc] * len(held)
-        elapsed = time.perf_counter() - started
-        for spec, result in zip(held, results):
-            run = RunDirectory(spec.run_dir)
-            if isinstance(result, dict):
-                outcomes[spec.key] = _outcome(
-                    spec,
-                    "complete",
-                    final_score=result.get("final_score"),
-                    best_score=result.get("best_score"),
-                    wall_time=elapsed,
-                )
-            elif isinstance(result, (TrainingInterrupted, KeyboardInterrupt)):
-                outcomes[spec.key] = _outcome(spec, "interrupted", error=str(result) or None)
-            else:
-                error = f"{type(result).__name__}: {result}"
-                if isinstance(result, (UserError, DivergenceError)):
-                    error = str(result)
-                if run.status().get("status") != "failed":
-                    run.set_status("failed", step=0, error=error)
-                else:
-                    error = run.status().get("error", error)
-                outcomes[spec.key] = _outcome(spec, "failed", error=error)
-    return [outcomes[s.key] for s in specs]
+        codes = {
+            s.key: EXIT_COMPLETE if isinstance(r, dict) else _record_failure(s, r)
+            for s, r in zip(held, results)
+        }
+    elapsed = time.perf_counter() - started
+    return [read_outcome(s, codes.get(s.key, EXIT_BUSY), elapsed) for s in specs]
+
+
+def _config(spec: RunSpec) -> Any:
+    """The run's config; a run directory that holds a config.json is resumed."""
+    resume = (Path(spec.run_dir) / "config.json").exists()
+    return importlib.import_module(spec.module).Config(**{**spec.config, "resume": resume})
+
+
+def _record_failure(spec: RunSpec, exc: BaseException) -> int:
+    """The worker's exit code for what training raised. A run that failed before its training
+    loop started (bad data, bad config) gets status failed here, as the loop would have done."""
+    from dql.errors import DivergenceError
+    from dql.runs import RunDirectory
+    from dql.training import TrainingInterrupted
+
+    if isinstance(exc, (TrainingInterrupted, KeyboardInterrupt)):
+        return EXIT_INTERRUPTED
+    traceback.print_exception(exc)
+    run = RunDirectory(spec.run_dir)
+    if run.status().get("status") != "failed":
+        user_facing = isinstance(exc, (UserError, DivergenceError))
+        error = str(exc) if user_facing else f"{type(exc).__name__}: {exc}"
+        run.set_status("failed", step=0, error=error)
+    return EXIT_FAILED
 
 
 def _outcome(spec: RunSpec, status: str, **fields: Any) -> dict[str, Any]:
@@ -596,7 +562,7 @@ class LocalBackend:
             code, cpu_time = _wait_with_cpu_time(process)
             with self.lock:
                 self.processes.pop(process.pid, None)
-        outcomes = [_read_outcome(spec, code, time.perf_counter() - started) for spec in job]
+        outcomes = [read_outcome(spec, code, time.perf_counter() - started) for spec in job]
         for outcome in outcomes:  # CPU seconds of the worker: what budgets are planned with
             outcome["cpu_time"] = cpu_time / len(job) if cpu_time is not None else None
         return outcomes
@@ -628,8 +594,10 @@ def _worker_env(num_threads: int) -> dict[str, str]:
     return env
 
 
-def _read_outcome(spec: RunSpec, returncode: int, elapsed: float) -> dict[str, Any]:
-    """How a run ended, from its run directory (ground truth) and its worker's exit code."""
+def read_outcome(spec: RunSpec, returncode: int, elapsed: float) -> dict[str, Any]:
+    """How a run ended, from its run directory (ground truth) and the exit code of the process
+    that trained it (a worker's, or `run_one`'s own in the Ray task): the one place outcomes
+    are read, whichever backend ran the run."""
     from dql.runs import RunDirectory
 
     run = RunDirectory(spec.run_dir)
@@ -737,7 +705,7 @@ class RayBackend:
             return self.ray.get(ref)
         except Exception as exc:  # worker died, task cancelled: the run dir tells what is left
             first_line = (str(exc).strip().splitlines() or [""])[0][:200]
-            outcomes = [_read_outcome(spec, 1, 0.0) for spec in job]
+            outcomes = [read_outcome(spec, 1, 0.0) for spec in job]
             for outcome in outcomes:
                 if outcome["status"] != "complete":
                     outcome["error"] = f"{type(exc).__name__}: {first_line}"
@@ -1099,5 +1067,9 @@ def _worker_entry(argv: Sequence[str]) -> int:
     return _worker_main(args.run_job, args.threads)
 
 
-if __name__ == "__main__":
-    sys.exit(_worker_entry(sys.argv[1:]))
+if __name__ == "__main__":  # a local pool's worker, or `python -m dql.sweep FILE` as `dql sweep`
+    if sys.argv[1:2] == ["--run-job"]:
+        sys.exit(_worker_entry(sys.argv[1:]))
+    from dql.cli import main
+
+    sys.exit(main(["sweep", *sys.argv[1:]]))
