@@ -68,6 +68,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from d3rlpy_adapter import d3rlpy_algorithm, d3rlpy_available, d3rlpy_dataset  # noqa: E402
+
 from dql.buffer import ReplayBuffer  # noqa: E402
 from dql.data import DatasetInfo, Transitions  # noqa: E402
 from dql.registry import ALGORITHMS, agent_class  # noqa: E402
@@ -356,67 +358,6 @@ class EagerDiffusionQL:
 
 
 # --------------------------------------------------------------------------- d3rlpy references
-
-
-def d3rlpy_available() -> str | None:
-    """None when d3rlpy imports, else why not."""
-    try:
-        import d3rlpy  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install of its deps
-        return f"d3rlpy not importable ({type(exc).__name__}: {exc}); install it with `pip install --no-deps d3rlpy==2.8.1` and its deps (docs/environment-notes.md)"
-    return None
-
-
-def d3rlpy_algorithm(name: str, device: str, for_acting: bool = False) -> Any | None:
-    """d3rlpy's implementation of `name` at the sizes of ours, or None where it has none."""
-    import d3rlpy
-
-    vector = d3rlpy.models.encoders.VectorEncoderFactory
-    cuda = device.startswith("cuda")
-    dev = "cuda:0" if cuda else "cpu:0"
-    algos = d3rlpy.algos
-    if name == "td3bc":
-        config = algos.TD3PlusBCConfig(batch_size=BATCH_SIZE, alpha=2.5, update_actor_interval=2)
-    elif name == "iql":
-        config = algos.IQLConfig(batch_size=BATCH_SIZE, expectile=0.7, weight_temp=3.0)
-    elif name == "cql":
-        # ours at its defaults: no Lagrangian alpha, 10 sampled actions, actor 3 x 256 (CORL's),
-        # critics 256-256
-        config = algos.CQLConfig(
-            batch_size=BATCH_SIZE,
-            conservative_weight=10.0,
-            n_action_samples=10,
-            alpha_learning_rate=0.0,
-            actor_learning_rate=3e-5,
-            actor_encoder_factory=vector(hidden_units=[256, 256, 256]),
-        )
-    elif name == "bcq":
-        # ours: VAE 750-750, actor and critics 400-300, 10 actions in the target, 100 to act
-        config = algos.BCQConfig(
-            batch_size=BATCH_SIZE,
-            n_action_samples=100 if for_acting else 10,
-            actor_encoder_factory=vector(hidden_units=[400, 300]),
-            critic_encoder_factory=vector(hidden_units=[400, 300]),
-            imitator_encoder_factory=vector(hidden_units=[750, 750]),
-        )
-    elif name == "bc":
-        config = algos.BCConfig(batch_size=BATCH_SIZE, learning_rate=3e-4)
-    else:
-        return None
-    return config.create(device=dev)
-
-
-def d3rlpy_dataset(transitions: Transitions) -> Any:
-    import d3rlpy
-
-    return d3rlpy.dataset.MDPDataset(
-        observations=transitions.observations,
-        actions=transitions.actions,
-        rewards=transitions.rewards,
-        terminals=transitions.terminals,
-        timeouts=transitions.timeouts,
-        action_space=d3rlpy.constants.ActionSpace.CONTINUOUS,
-    )
 
 
 # --------------------------------------------------------------------------- candidates
@@ -713,12 +654,15 @@ def bench_algorithm(name: str, s: Settings, buffer: ReplayBuffer, notes: list[st
         reference, ref_act = eager_reference_trainer(eager, buffer, device), eager.act
         row["reference"] = "eager reference (this file)"
     elif d3rlpy_available() is None:
-        algo = d3rlpy_algorithm(name, device)
+        ours = agent_config(name, device)
+        high = np.ones(ACTION_DIM, np.float32)
+        same = dict(device=device, preprocessing=False)  # both sides take normalised data
+        algo = d3rlpy_algorithm(name, ours, 1_000_000, high, **same)
         if algo is not None:
             dataset = d3rlpy_dataset(_transitions_of(buffer))
             algo.build_with_dataset(dataset)
             reference = d3rlpy_trainer(algo, dataset, device)
-            acting = d3rlpy_algorithm(name, device, for_acting=True)
+            acting = d3rlpy_algorithm(name, ours, 1_000_000, high, for_acting=True, **same)
             acting.build_with_dataset(dataset)
             ref_act = acting.predict
             row["reference"] = "d3rlpy " + type(algo).__name__

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import platform
 import sys
@@ -50,6 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from d3rlpy_adapter import D3RLPY_NAMES, d3rlpy_algorithm, d3rlpy_dataset  # noqa: E402
+
 from dql.buffer import ReplayBuffer  # noqa: E402
 from dql.data import (  # noqa: E402
     ObservationNormalizer,
@@ -63,7 +64,6 @@ from dql.hyperparams import task_hyperparams  # noqa: E402
 from dql.registry import agent_class, load_algorithm  # noqa: E402
 
 ALGORITHMS = ("td3bc", "iql", "cql", "bcq", "bc")
-D3RLPY_NAMES = {"td3bc": "TD3PlusBC", "iql": "IQL", "cql": "CQL", "bcq": "BCQ", "bc": "BC"}
 HIDDEN = (256, 256)
 BATCH_SIZE = 256
 HOPPER = "local/hopper/medium-v0"
@@ -129,100 +129,6 @@ def our_config(name: str, dataset: str, steps: int, seed: int, **extra: Any) -> 
     values.update(dataset=dataset, steps=steps, seed=seed, batch_size=BATCH_SIZE, hidden=HIDDEN)
     values.update(extra)
     return module.Config(**values)
-
-
-def d3rlpy_algorithm(name: str, config: Any, steps: int, action_high: np.ndarray) -> Any:
-    """d3rlpy's implementation of `name` set to the numbers of our `config`."""
-    import d3rlpy
-
-    algos, factory = d3rlpy.algos, d3rlpy.models.encoders.VectorEncoderFactory
-    encoder = factory(hidden_units=list(config.hidden))
-    common: dict[str, Any] = dict(batch_size=config.batch_size)
-    if config.normalize_observations:
-        common["observation_scaler"] = d3rlpy.preprocessing.StandardObservationScaler()
-    if not np.allclose(action_high, 1.0):  # d3rlpy's policies act in [-1, 1]: map the box
-        common["action_scaler"] = d3rlpy.preprocessing.MinMaxActionScaler(
-            minimum=-action_high, maximum=action_high
-        )
-    if name != "bc":
-        common.update(gamma=config.discount, tau=config.tau)
-        common.update(actor_encoder_factory=encoder, critic_encoder_factory=encoder)
-    if name in ("iql", "cql") and config.reward_transform == "locomotion":
-        common["reward_scaler"] = d3rlpy.preprocessing.ReturnBasedRewardScaler(multiplier=1000.0)
-    if name == "td3bc":
-        algo = algos.TD3PlusBCConfig(
-            alpha=config.alpha,
-            target_smoothing_sigma=config.policy_noise,
-            target_smoothing_clip=config.noise_clip,
-            update_actor_interval=config.policy_delay,
-            actor_learning_rate=config.actor_lr,
-            critic_learning_rate=config.critic_lr,
-            **common,
-        )
-    elif name == "iql":
-        cosine = d3rlpy.optimizers.AdamFactory(
-            lr_scheduler_factory=d3rlpy.optimizers.CosineAnnealingLRFactory(T_max=steps)
-        )
-        algo = algos.IQLConfig(
-            expectile=config.expectile,
-            weight_temp=config.beta,
-            max_weight=100.0,
-            actor_learning_rate=config.actor_lr,
-            critic_learning_rate=config.critic_lr,
-            actor_optim_factory=cosine,
-            value_encoder_factory=encoder,
-            **common,
-        )
-    elif name == "cql":
-        common["actor_encoder_factory"] = factory(hidden_units=list(config.actor_hidden))
-        lagrange = dict(alpha_threshold=config.target_action_gap, initial_alpha=math.e)
-        algo = algos.CQLConfig(
-            conservative_weight=config.cql_alpha,
-            n_action_samples=config.num_sampled_actions,
-            actor_learning_rate=config.actor_lr,
-            critic_learning_rate=config.critic_lr,
-            temp_learning_rate=config.entropy_lr,
-            # a fixed conservative weight, as ours, unless our table tunes it (--lagrange)
-            alpha_learning_rate=config.critic_lr if config.lagrange else 0.0,
-            **(lagrange if config.lagrange else {}),
-            max_q_backup=config.max_target_backup,
-            **common,
-        )
-    elif name == "bcq":
-        algo = algos.BCQConfig(
-            lam=config.lmbda,
-            action_flexibility=config.phi,
-            n_action_samples=config.num_sampled_actions,
-            actor_learning_rate=config.lr,
-            critic_learning_rate=config.lr,
-            imitator_learning_rate=config.lr,
-            imitator_encoder_factory=factory(hidden_units=list(config.vae_hidden)),
-            **common,
-        )
-    elif name == "bc":
-        policy = "stochastic" if config.gaussian else "deterministic"
-        algo = algos.BCConfig(
-            learning_rate=config.lr, policy_type=policy, encoder_factory=encoder, **common
-        )
-    return algo.create(device="cpu:0")
-
-
-def d3rlpy_dataset(transitions: Transitions, rewards: np.ndarray | None = None) -> Any:
-    """d3rlpy's MDPDataset of our transitions: observations[i] is the state actions[i] was taken
-    in (not d3rlpy's get_minari, which misaligns them); every episode ends in a terminal or a
-    timeout."""
-    import d3rlpy
-
-    ends = np.append(transitions.episode_ids[1:] != transitions.episode_ids[:-1], True)
-    timeouts = np.where(ends & (transitions.terminals == 0), 1.0, transitions.timeouts)
-    return d3rlpy.dataset.MDPDataset(
-        observations=transitions.observations,
-        actions=transitions.actions,
-        rewards=transitions.rewards if rewards is None else rewards,
-        terminals=transitions.terminals,
-        timeouts=timeouts.astype(np.float32),
-        action_space=d3rlpy.constants.ActionSpace.CONTINUOUS,
-    )
 
 
 # --------------------------------------------------------------------------- scores

@@ -43,7 +43,7 @@ for path in (ROOT, ROOT / "experiments"):
     if str(path) not in sys.path:  # run as a script from anywhere
         sys.path.insert(0, str(path))
 
-from crosscheck_d3rlpy import d3rlpy_algorithm, d3rlpy_dataset  # noqa: E402
+from d3rlpy_adapter import d3rlpy_algorithm, d3rlpy_dataset  # noqa: E402
 
 from dql.data import load_dataset, resolve_ref_scores, task_name  # noqa: E402
 from dql.errors import UserError  # noqa: E402
