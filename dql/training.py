@@ -278,12 +278,11 @@ def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -
     )
     sample = getattr(agent, "sample_batch", None) or (lambda buf, n: buf.sample(n))
 
-    from torch.utils.tensorboard import SummaryWriter
-
     loop = _LoopState()
-    log = _MetricsLog(run)
+    output = _Output(run, config, algorithm)
+    log = _MetricsLog(run, output)
     evaluations = _Evaluations(
-        run, config, algorithm, agent, info, normalizer, ref_scores, current, loop,
+        run, config, algorithm, agent, info, normalizer, ref_scores, current, loop, output,
         selection_metric=getattr(agent, "selection_metric", None),
     )  # fmt: skip
     checkpoints = _Checkpoints(run, agent, buffer, device, loop, log, evaluations)
@@ -294,20 +293,10 @@ def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -
             (run.path / f"{name}.jsonl").unlink(missing_ok=True)
     _write_run_config(run, algorithm, config, current, info, ref_scores, normalizer, device)
     run.set_status("running", step=loop.step)
-    writer = log.writer = evaluations.writer = SummaryWriter(
-        str(run.path / "tb"), purge_step=loop.step or None
-    )
 
     step = loop.step
+    output.open(step)
     loop.started = time.perf_counter() - loop.wall_time
-    bar = evaluations.bar = tqdm(
-        total=config.steps,
-        initial=step,
-        desc=f"{algorithm} {task_name(config.dataset)} seed {config.seed}",
-        unit="step",
-        disable=None if config.progress else True,
-        dynamic_ncols=True,
-    )
     try:
         with _GracefulStop() as stop:
             while step < config.steps:
@@ -315,14 +304,14 @@ def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -
                 step += 1
                 last = step == config.steps
                 if step % config.log_interval == 0 or last:
-                    bar.set_postfix(log.flush(step))
+                    output.bar.set_postfix(log.flush(step))
                 if step % config.eval_interval == 0 or last:
                     checkpoints.check_health(step)
                     if evaluations.evaluate(step, log.take_block()):
                         break  # early stop: the selection metric kept rising
                 if step % config.checkpoint_interval == 0 or last:
                     checkpoints.save(step)
-                bar.update(1)
+                output.bar.update(1)
                 if stop.requested:
                     checkpoints.check_health(step)  # never save a diverged state over a good one
                     raise _StopRequested(stop.requested)
@@ -332,8 +321,7 @@ def run_training(config: TrainConfig, agent_cls: AgentFactory, algorithm: str) -
             raise
         raise ending from None
     finally:
-        bar.close()
-        writer.close()
+        output.close()
     run.write_csv("metrics")
     run.write_csv("eval")
     result = summarize(run, algorithm, config)
@@ -451,14 +439,49 @@ class _LoopState:
         self.best_step, self.wall_time = saved["best_step"], saved["wall_time"]
 
 
+class _Output:
+    """What a run shows while it trains: TensorBoard scalars and the progress bar. The loop's
+    parts get it when they are built; it opens at the step training starts from, which is known
+    only once a checkpoint has been restored."""
+
+    def __init__(self, run: RunDirectory, config: TrainConfig, algorithm: str) -> None:
+        self.run, self.config, self.algorithm = run, config, algorithm
+        self.writer: Any = None
+        self.bar: Any = None
+
+    def open(self, step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        c = self.config
+        self.writer = SummaryWriter(str(self.run.path / "tb"), purge_step=step or None)
+        self.bar = tqdm(
+            total=c.steps,
+            initial=step,
+            desc=f"{self.algorithm} {task_name(c.dataset)} seed {c.seed}",
+            unit="step",
+            disable=None if c.progress else True,
+            dynamic_ncols=True,
+        )
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, value, step)
+
+    def say(self, text: str) -> None:
+        self.bar.write(text)
+
+    def close(self) -> None:
+        for part in (self.bar, self.writer):
+            if part is not None:
+                part.close()
+
+
 class _MetricsLog:
     """Training metrics, summed on the device between logs (no host sync in a step), averaged,
     checked finite and written every `log_interval`; the logged values since the last
     evaluation (`block`) give the offline selection metric."""
 
-    def __init__(self, run: RunDirectory) -> None:
-        self.run = run
-        self.writer: Any = None
+    def __init__(self, run: RunDirectory, output: _Output) -> None:
+        self.run, self.output = run, output
         self.accum: dict[str, torch.Tensor] = {}
         self.count = 0
         self.block: dict[str, list[float]] = {}
@@ -477,7 +500,7 @@ class _MetricsLog:
         self.accum, self.count = {}, 0
         _check_finite(values, step)
         for k, v in values.items():
-            self.writer.add_scalar(f"train/{k}", v, step)
+            self.output.scalar(f"train/{k}", v, step)
             self.block.setdefault(k, []).append(v)
         self.run.append_row("metrics", {"step": step, **values})
         return {k: f"{v:.3g}" for k, v in list(values.items())[:3]}
@@ -507,14 +530,13 @@ class _Evaluations:
         ref_scores: tuple[float, float],
         current: dict[str, Any],
         loop: _LoopState,
+        output: _Output,
         selection_metric: str | None,
     ) -> None:
         self.run, self.config, self.algorithm, self.agent = run, config, algorithm, agent
         self.info, self.normalizer, self.ref_scores = info, normalizer, ref_scores
         self.current, self.loop, self.selection_metric = current, loop, selection_metric
-        self.rising = 0
-        self.writer: Any = None
-        self.bar: Any = None
+        self.output, self.rising = output, 0
 
     def _evaluate(self) -> EvalResult:
         c = self.config
@@ -566,17 +588,17 @@ class _Evaluations:
                 max_episode_steps=c.max_episode_steps,
                 metadata={"algorithm": self.algorithm, "step": step, "config": self.current},
             )
-        self.writer.add_scalar("eval/normalized_score", score, step)
-        self.writer.add_scalar("eval/return", result.mean_return, step)
+        self.output.scalar("eval/normalized_score", score, step)
+        self.output.scalar("eval/return", result.mean_return, step)
         if c.keep_eval_checkpoints:
             atomic_torch_save(self.agent.state_dict(), run.path / f"checkpoints/eval_{step}.pt")
         if score > self.loop.best_score:
             self.loop.best_score, self.loop.best_step = score, step
-        self.bar.write(
+        self.output.say(
             f"step {step}: normalized score {score:.1f} (return {result.mean_return:.1f})"
         )
         if c.early_stop_patience and self.rising >= c.early_stop_patience:
-            self.bar.write(
+            self.output.say(
                 f"early stop at step {step}: {metric} rose {self.rising} blocks in a row"
             )
             return True
