@@ -278,8 +278,9 @@ class _EagerCritic(nn.Module):
 
 class EagerDiffusionQL:
     """Diffusion-QL's training step and action selection written the obvious way, as the
-    published code is; the maths is that of dql.diffusion_ql with its defaults (grad-norm 9,
-    EMA copied before step 1000, cosine lr over 1M steps)."""
+    published code is; the maths is that of dql.diffusion_ql with its defaults (grad-norm 5,
+    EMA copied before step 1000 and updated every 5 steps, constant learning rates: the public
+    code's cosine schedule is stepped once per 50 epochs, in effect constant)."""
 
     def __init__(
         self, state_dim: int, action_dim: int, max_action: float = 1.0, device: str = "cpu"
@@ -291,12 +292,6 @@ class EagerDiffusionQL:
         self.critic = _EagerCritic(state_dim, action_dim).to(device)
         self.critic_target = copy.deepcopy(self.critic)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=3e-4)
-        self.actor_lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.actor_optimizer, T_max=1_000_000, eta_min=0.0
-        )
-        self.critic_lr_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.critic_optimizer, T_max=1_000_000, eta_min=0.0
-        )
         self.step = 0
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -311,7 +306,7 @@ class EagerDiffusionQL:
         critic_loss = F.mse_loss(current_q1, target_q) + F.mse_loss(current_q2, target_q)
         self.critic_optimizer.zero_grad()
         critic_loss.backward()
-        nn.utils.clip_grad_norm_(self.critic.parameters(), max_norm=9.0, norm_type=2)
+        nn.utils.clip_grad_norm_(self.critic.parameters(), max_norm=5.0, norm_type=2)
         self.critic_optimizer.step()
         # policy training
         bc_loss = self.actor.loss(action, state)
@@ -324,7 +319,7 @@ class EagerDiffusionQL:
         actor_loss = bc_loss + 1.0 * q_loss
         self.actor_optimizer.zero_grad()
         actor_loss.backward()
-        nn.utils.clip_grad_norm_(self.actor.parameters(), max_norm=9.0, norm_type=2)
+        nn.utils.clip_grad_norm_(self.actor.parameters(), max_norm=5.0, norm_type=2)
         self.actor_optimizer.step()
         # target networks
         self.step += 1
@@ -336,8 +331,6 @@ class EagerDiffusionQL:
                     ema_param.data = ema_param.data * 0.995 + (1 - 0.995) * param.data
         for param, target_param in zip(self.critic.parameters(), self.critic_target.parameters()):
             target_param.data.copy_(0.005 * param.data + (1 - 0.005) * target_param.data)
-        self.actor_lr_scheduler.step()
-        self.critic_lr_scheduler.step()
         return {
             "actor_loss": actor_loss.item(),
             "bc_loss": bc_loss.item(),

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +63,7 @@ from dql.data import (  # noqa: E402
 from dql.evaluation import evaluate  # noqa: E402
 from dql.hyperparams import task_hyperparams  # noqa: E402
 from dql.registry import agent_class, load_algorithm  # noqa: E402
+from dql.report import markdown_table  # noqa: E402
 
 ALGORITHMS = ("td3bc", "iql", "cql", "bcq", "bc")
 HIDDEN = (256, 256)
@@ -244,15 +246,19 @@ def markdown(rows: list[dict[str, Any]], header: dict[str, Any]) -> str:
         f"{header['eval_episodes']} evaluation episodes; speed on {header['speed_data']}, "
         f"batch {BATCH_SIZE}, hidden {HIDDEN[0]}, 1 thread; {header['machine']}.",
         "",
-        "| algorithm | ours score | d3rlpy score | ours steps/s | d3rlpy steps/s | ratio |",
-        "|---|---|---|---|---|---|",
     ]
-    for row in rows:
-        lines.append(
-            f"| {row['algorithm']} | {fmt(row.get('ours_score'))} | "
-            f"{fmt(row.get('d3rlpy_score'))} | {fmt(row.get('ours_steps_per_s'))} | "
-            f"{fmt(row.get('d3rlpy_steps_per_s'))} | {fmt(row.get('ratio'), 2)} |"
-        )
+    table = [
+        {
+            "algorithm": row["algorithm"],
+            "ours score": fmt(row.get("ours_score")),
+            "d3rlpy score": fmt(row.get("d3rlpy_score")),
+            "ours steps/s": fmt(row.get("ours_steps_per_s")),
+            "d3rlpy steps/s": fmt(row.get("d3rlpy_steps_per_s")),
+            "ratio": fmt(row.get("ratio"), 2),
+        }
+        for row in rows
+    ]
+    lines.append(markdown_table(pd.DataFrame(table)))
     return "\n".join(lines) + "\n"
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 for path in (ROOT, ROOT / "experiments"):
@@ -48,6 +49,7 @@ from d3rlpy_adapter import d3rlpy_algorithm, d3rlpy_dataset  # noqa: E402
 from dql.data import load_dataset, resolve_ref_scores, task_name  # noqa: E402
 from dql.errors import UserError  # noqa: E402
 from dql.evaluation import evaluate  # noqa: E402
+from dql.report import markdown_table  # noqa: E402
 from dql.runs import RunDirectory, atomic_write_json, git_commit, read_json  # noqa: E402
 from dql.sweep import load_sweep, plan_runs, select_runs  # noqa: E402
 from dql.training import _check_resume_config, fields_with_role, summarize  # noqa: E402
@@ -163,9 +165,8 @@ def report(out: Path, ours: Path) -> str:
         f"Ours: `{ours}`; d3rlpy: `{out}` (same sweep configs, data and evaluation episodes).",
         "Final = the last evaluation. Welch's t-test of equal means over seeds.",
         "",
-        "| algorithm | task | seeds | steps (ours / d3rlpy) | ours final | d3rlpy final | p (Welch) |",
-        "|---|---|---|---|---|---|---|",
     ]
+    parity_rows = []
     for (algorithm, task), runs in theirs.runs.groupby(["algorithm", "task"]):
         base = algorithm.removesuffix(SUFFIX)
         seeds = sorted(runs["seed"])
@@ -175,12 +176,17 @@ def report(out: Path, ours: Path) -> str:
         a, b = ref["final_score"].to_numpy(), runs["final_score"].to_numpy()
         p = stats.ttest_ind(a, b, equal_var=False).pvalue if min(len(a), len(b)) > 1 else np.nan
         cell = lambda x: f"{x.mean():.1f} ± {x.std(ddof=1) if len(x) > 1 else 0:.1f} ({len(x)})"  # noqa: E731
-        lines.append(
-            f"| {base} | {task} | {', '.join(map(str, seeds))} "
-            f"| {'/'.join(map(str, sorted(set(ref['final_step']))))} / "
-            f"{'/'.join(map(str, sorted(set(runs['final_step']))))} "
-            f"| {cell(a) if len(a) else '-'} "
-            f"| {cell(b)} | {p:.3f} |"
+        steps = [sorted(set(r["final_step"])) for r in (ref, runs)]
+        parity_rows.append(
+            {
+                "algorithm": base,
+                "task": task,
+                "seeds": ", ".join(map(str, seeds)),
+                "steps (ours / d3rlpy)": " / ".join("/".join(map(str, s)) for s in steps),
+                "ours final": cell(a) if len(a) else "-",
+                "d3rlpy final": cell(b),
+                "p (Welch)": f"{p:.3f}",
+            }
         )
         fig, ax = plt.subplots(figsize=(6, 4))
         for label, table, algo in (("ours", mine, base), ("d3rlpy", theirs, algorithm)):
@@ -203,7 +209,7 @@ def report(out: Path, ours: Path) -> str:
         fig.tight_layout()
         fig.savefig(out / f"curves_{base}_{task}.png", dpi=120)
         plt.close(fig)
-    lines += ["", f"Commit: {git_commit()}"]
+    lines += [markdown_table(pd.DataFrame(parity_rows)), "", f"Commit: {git_commit()}"]
     text = "\n".join(lines) + "\n"
     (out / "parity.md").write_text(text)
     return text
