@@ -67,10 +67,20 @@ def test_forward_noising_matches_closed_form(schedule: str, T: int) -> None:
     torch.testing.assert_close(diffusion.q_sample(x0, t, eps).double(), expected, atol=1e-6, rtol=0)
 
 
-def test_vp_schedule_is_the_papers_default_five_steps() -> None:
-    betas = beta_schedule("vp", 5)
-    alphas = np.exp(-0.1 / 5 - 0.5 * 9.9 * (2 * np.arange(1, 6) - 1) / 25)
-    np.testing.assert_allclose(1 - betas, alphas)
+@pytest.mark.parametrize("T", [1, 5, 30, 200])
+def test_vp_schedule_discretises_the_vp_sde(T: int) -> None:
+    # the VP SDE with beta(t) = 0.1 + 9.9 t on [0, 1]: alpha_bar at the end of the chain is
+    # exp(-integral beta) = exp(-5.05) for every T, and the noise grows along the chain
+    betas = beta_schedule("vp", T)
+    np.testing.assert_allclose(np.prod(1 - betas), np.exp(-(0.1 + 9.9 / 2)), rtol=1e-6)
+    assert np.all(np.diff(betas) > 0) and 0 < betas[0] <= betas[-1] < 1
+    # each step removes the SDE's signal over its own interval [(i-1)/T, i/T]
+    edges = np.arange(T + 1) / T
+    per_step = 0.1 * np.diff(edges) + 9.9 / 2 * np.diff(edges**2)
+    np.testing.assert_allclose(-np.log(1 - betas), per_step, rtol=1e-6)
+
+
+def test_unknown_or_empty_schedules_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown beta schedule"):
         beta_schedule("quadratic", 5)
     with pytest.raises(ValueError, match=">= 1"):

@@ -164,13 +164,42 @@ def test_panel_scores_fall_with_delay_and_observation_noise(trained_run, tmp_pat
 
 
 def test_panel_gives_every_agent_the_same_noise(trained_run):
+    # two different agents see the same noisy first observations (the noise does not depend on
+    # which agent is evaluated, or on what was evaluated before), and the agents really differ
+    import copy
+    import dataclasses
+
     from dql.export import load_run
     from dql.perturb import evaluate_run
 
+    class Recorder:
+        def __init__(self, agent) -> None:
+            self.agent, self.seen = agent, []
+
+        def act(self, observations):
+            self.seen.append(np.array(observations))
+            return self.agent.act(observations)
+
     run = load_run(trained_run)
-    first = evaluate_run(run, "drop_prob", 0.4, episodes=2)
-    again = evaluate_run(load_run(trained_run), "drop_prob", 0.4, episodes=2)
-    np.testing.assert_array_equal(first.returns, again.returns)
+    other = copy.deepcopy(run.agent)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for module in [v for v in vars(other).values() if isinstance(v, torch.nn.Module)]:
+            for parameter in module.parameters():
+                parameter.add_(torch.randn_like(parameter))
+    seen = {}
+    for name, agent in (("a", run.agent), ("b", other), ("a again", run.agent)):
+        recorder = Recorder(agent)
+        evaluate_run(dataclasses.replace(run, agent=recorder), "obs_noise", 0.3, episodes=2)
+        seen[name] = recorder.seen
+    plain = Recorder(run.agent)
+    evaluate_run(dataclasses.replace(run, agent=plain), episodes=2)
+    np.testing.assert_array_equal(seen["a"][0], seen["b"][0])
+    assert not np.allclose(seen["a"][0], plain.seen[0])  # the noise is there
+    assert not np.allclose(seen["a"][-1], seen["b"][-1])  # the agents act differently
+    assert len(seen["a"]) == len(seen["a again"])
+    for mine, again in zip(seen["a"], seen["a again"]):
+        np.testing.assert_array_equal(mine, again)
 
 
 def test_trade_varies_candidates_and_reports_latency_against_score(trained_run, tmp_path):
