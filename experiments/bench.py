@@ -23,7 +23,11 @@ What is measured, per algorithm, at paper settings (batch 256, hidden 256, Hoppe
   generic stack): 5 seeds trained as one batched model against 1 seed, per gradient step,
   compiled or not (Diffusion-QL), fp32 or bf16, at 1 thread and at every core.
 
-References, built in this file or imported: for Diffusion-QL `EagerDiffusionQL` below, the
+The file is split by role: this one measures; experiments/eager_diffusion_ql.py is the eager
+reference, experiments/d3rlpy_adapter.py the d3rlpy mapping (shared with the cross-check),
+experiments/bench_report.py writes bench.json and bench.md.
+
+References: for Diffusion-QL `EagerDiffusionQL` (experiments/eager_diffusion_ql.py), the
 identical maths written the obvious way, as the published code is (two critic modules, a
 Python loop over the reverse steps, nn.Mish, `.item()` logging every step, a per-parameter EMA
 loop, plain Adam); for the baselines d3rlpy 2.8.1's implementation of the same algorithm, set
@@ -41,14 +45,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import ctypes
 import dataclasses
 import gc
 import importlib
 import itertools
-import json
-import math
 import os
 import platform
 import resource
@@ -59,26 +60,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from bench_report import SEEDS_BATCHED, write_report  # noqa: E402
 from d3rlpy_adapter import d3rlpy_algorithm, d3rlpy_available, d3rlpy_dataset  # noqa: E402
+from eager_diffusion_ql import EagerDiffusionQL  # noqa: E402
 
 from dql.buffer import ReplayBuffer  # noqa: E402
 from dql.data import DatasetInfo, Transitions  # noqa: E402
 from dql.registry import ALGORITHMS, agent_class  # noqa: E402
-from dql.report import markdown_table  # noqa: E402
 
 OBSERVATION_DIM, ACTION_DIM, BATCH_SIZE, HIDDEN = 11, 3, 256, 256
 DATASET_SIZE, EPISODE_LENGTH = 20_000, 1000
 BENCH_ALGORITHMS = ("diffusion_ql", "td3bc", "iql", "cql", "bcq", "bc", "diffuser")
-SEEDS_BATCHED = 5
 
 
 # --------------------------------------------------------------------------- the machine
@@ -154,203 +152,6 @@ def hopper_info() -> DatasetInfo:
         content_hash="synthetic",
         env_id="Hopper-v5",
     )
-
-
-# --------------------------------------------------------------------------- eager reference
-
-
-class _SinusoidalPosEmb(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.dim = dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        half = self.dim // 2
-        scale = math.log(10000) / (half - 1)
-        freqs = torch.exp(torch.arange(half, device=x.device) * -scale)
-        angles = x[:, None] * freqs[None, :]
-        return torch.cat((angles.sin(), angles.cos()), dim=-1)
-
-
-class _EagerDenoiser(nn.Module):
-    def __init__(self, state_dim: int, action_dim: int, hidden: int = HIDDEN, t_dim: int = 16):
-        super().__init__()
-        self.time_mlp = nn.Sequential(
-            _SinusoidalPosEmb(t_dim),
-            nn.Linear(t_dim, t_dim * 2),
-            nn.Mish(),
-            nn.Linear(t_dim * 2, t_dim),
-        )
-        self.mid_layer = nn.Sequential(
-            nn.Linear(state_dim + action_dim + t_dim, hidden),
-            nn.Mish(),
-            nn.Linear(hidden, hidden),
-            nn.Mish(),
-            nn.Linear(hidden, hidden),
-            nn.Mish(),
-        )
-        self.final_layer = nn.Linear(hidden, action_dim)
-
-    def forward(self, x: torch.Tensor, time: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        t = self.time_mlp(time)
-        return self.final_layer(self.mid_layer(torch.cat([x, t, state], dim=1)))
-
-
-def _extract(a: torch.Tensor, t: torch.Tensor, x_shape: torch.Size) -> torch.Tensor:
-    return a.gather(-1, t).reshape(t.shape[0], *((1,) * (len(x_shape) - 1)))
-
-
-class _EagerDiffusion(nn.Module):
-    """DDPM over actions, VP schedule, epsilon prediction, x0 clipped at every reverse step."""
-
-    def __init__(self, state_dim: int, action_dim: int, max_action: float, n_timesteps: int = 5):
-        super().__init__()
-        self.model = _EagerDenoiser(state_dim, action_dim)
-        self.action_dim, self.max_action, self.n_timesteps = action_dim, max_action, n_timesteps
-        i = np.arange(1, n_timesteps + 1)
-        alphas_np = np.exp(-0.1 / n_timesteps - 0.5 * 9.9 * (2 * i - 1) / n_timesteps**2)
-        betas = torch.tensor(1 - alphas_np, dtype=torch.float32)
-        alphas = 1.0 - betas
-        abar = torch.cumprod(alphas, 0)
-        abar_prev = torch.cat([torch.ones(1), abar[:-1]])
-        variance = betas * (1.0 - abar_prev) / (1.0 - abar)
-        self.register_buffer("sqrt_abar", abar.sqrt())
-        self.register_buffer("sqrt_one_minus_abar", (1.0 - abar).sqrt())
-        self.register_buffer("sqrt_recip_abar", (1.0 / abar).sqrt())
-        self.register_buffer("sqrt_recipm1_abar", (1.0 / abar - 1).sqrt())
-        self.register_buffer("log_variance", torch.log(variance.clamp(min=1e-20)))
-        self.register_buffer("coef1", betas * abar_prev.sqrt() / (1.0 - abar))
-        self.register_buffer("coef2", (1.0 - abar_prev) * alphas.sqrt() / (1.0 - abar))
-
-    def p_sample(self, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        eps = self.model(x, t, s)
-        x_recon = _extract(self.sqrt_recip_abar, t, x.shape) * x
-        x_recon = x_recon - _extract(self.sqrt_recipm1_abar, t, x.shape) * eps
-        x_recon.clamp_(-self.max_action, self.max_action)
-        mean = _extract(self.coef1, t, x.shape) * x_recon + _extract(self.coef2, t, x.shape) * x
-        noise = torch.randn_like(x)
-        nonzero = (1 - (t == 0).float()).reshape(x.shape[0], 1)
-        return mean + nonzero * (0.5 * _extract(self.log_variance, t, x.shape)).exp() * noise
-
-    def sample(self, state: torch.Tensor) -> torch.Tensor:
-        x = torch.randn(state.shape[0], self.action_dim, device=state.device)
-        for i in reversed(range(self.n_timesteps)):
-            t = torch.full((state.shape[0],), i, device=state.device, dtype=torch.long)
-            x = self.p_sample(x, t, state)
-        return x.clamp_(-self.max_action, self.max_action)
-
-    def loss(self, x_start: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        t = torch.randint(0, self.n_timesteps, (len(x_start),), device=x_start.device)
-        noise = torch.randn_like(x_start)
-        x_noisy = _extract(self.sqrt_abar, t, x_start.shape) * x_start
-        x_noisy = x_noisy + _extract(self.sqrt_one_minus_abar, t, x_start.shape) * noise
-        return F.mse_loss(self.model(x_noisy, t, state), noise)
-
-    def forward(self, state: torch.Tensor) -> torch.Tensor:
-        return self.sample(state)
-
-
-class _EagerCritic(nn.Module):
-    def __init__(self, state_dim: int, action_dim: int, hidden: int = HIDDEN) -> None:
-        super().__init__()
-
-        def q() -> nn.Sequential:
-            return nn.Sequential(
-                nn.Linear(state_dim + action_dim, hidden),
-                nn.Mish(),
-                nn.Linear(hidden, hidden),
-                nn.Mish(),
-                nn.Linear(hidden, hidden),
-                nn.Mish(),
-                nn.Linear(hidden, 1),
-            )
-
-        self.q1_model, self.q2_model = q(), q()
-
-    def forward(self, state: torch.Tensor, action: torch.Tensor):
-        x = torch.cat([state, action], dim=-1)
-        return self.q1_model(x), self.q2_model(x)
-
-    def q_min(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        q1, q2 = self(state, action)
-        return torch.min(q1, q2)
-
-
-class EagerDiffusionQL:
-    """Diffusion-QL's training step and action selection written the obvious way, as the
-    published code is; the maths is that of dql.diffusion_ql with its defaults (grad-norm 5,
-    EMA copied before step 1000 and updated every 5 steps, constant learning rates: the public
-    code's cosine schedule is stepped once per 50 epochs, in effect constant)."""
-
-    def __init__(
-        self, state_dim: int, action_dim: int, max_action: float = 1.0, device: str = "cpu"
-    ) -> None:
-        self.device = device
-        self.actor = _EagerDiffusion(state_dim, action_dim, max_action).to(device)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=3e-4)
-        self.ema_model = copy.deepcopy(self.actor)
-        self.critic = _EagerCritic(state_dim, action_dim).to(device)
-        self.critic_target = copy.deepcopy(self.critic)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=3e-4)
-        self.step = 0
-
-    def update(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        state, action = batch["observations"], batch["actions"]
-        next_state, reward = batch["next_observations"], batch["rewards"][:, None]
-        not_done = 1.0 - batch["terminals"][:, None]
-        # Q training
-        current_q1, current_q2 = self.critic(state, action)
-        next_action = self.ema_model(next_state)
-        target_q1, target_q2 = self.critic_target(next_state, next_action)
-        target_q = (reward + not_done * 0.99 * torch.min(target_q1, target_q2)).detach()
-        critic_loss = F.mse_loss(current_q1, target_q) + F.mse_loss(current_q2, target_q)
-        self.critic_optimizer.zero_grad()
-        critic_loss.backward()
-        nn.utils.clip_grad_norm_(self.critic.parameters(), max_norm=5.0, norm_type=2)
-        self.critic_optimizer.step()
-        # policy training
-        bc_loss = self.actor.loss(action, state)
-        new_action = self.actor(state)
-        q1_new_action, q2_new_action = self.critic(state, new_action)
-        if np.random.uniform() > 0.5:
-            q_loss = -q1_new_action.mean() / q2_new_action.abs().mean().detach()
-        else:
-            q_loss = -q2_new_action.mean() / q1_new_action.abs().mean().detach()
-        actor_loss = bc_loss + 1.0 * q_loss
-        self.actor_optimizer.zero_grad()
-        actor_loss.backward()
-        nn.utils.clip_grad_norm_(self.actor.parameters(), max_norm=5.0, norm_type=2)
-        self.actor_optimizer.step()
-        # target networks
-        self.step += 1
-        if self.step % 5 == 0:
-            for param, ema_param in zip(self.actor.parameters(), self.ema_model.parameters()):
-                if self.step < 1000:
-                    ema_param.data.copy_(param.data)
-                else:
-                    ema_param.data = ema_param.data * 0.995 + (1 - 0.995) * param.data
-        for param, target_param in zip(self.critic.parameters(), self.critic_target.parameters()):
-            target_param.data.copy_(0.005 * param.data + (1 - 0.005) * target_param.data)
-        return {
-            "actor_loss": actor_loss.item(),
-            "bc_loss": bc_loss.item(),
-            "ql_loss": q_loss.item(),
-            "critic_loss": critic_loss.item(),
-        }
-
-    def act(self, observations: np.ndarray) -> np.ndarray:
-        """50 candidates per state, softmax over the target critics' min-Q."""
-        state = torch.as_tensor(np.asarray(observations, np.float32), device=self.device)
-        state_rpt = torch.repeat_interleave(state, repeats=50, dim=0)
-        with torch.no_grad():
-            action = self.actor.sample(state_rpt)
-            q_value = self.critic_target.q_min(state_rpt, action).view(-1, 50)
-            idx = torch.multinomial(F.softmax(q_value, dim=-1), 1)
-        picked = action.view(-1, 50, action.shape[-1])[torch.arange(len(state)), idx[:, 0]]
-        return picked.cpu().numpy()
-
-
-# --------------------------------------------------------------------------- d3rlpy references
 
 
 # --------------------------------------------------------------------------- candidates
@@ -938,246 +739,6 @@ def add_efficiency(row: dict[str, Any], peak: float) -> None:
 
 
 # --------------------------------------------------------------------------- report
-
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    """The rows (column -> value) as a Markdown table; missing values show as '-'."""
-    return markdown_table(pd.DataFrame(rows).fillna("-").astype(str))
-
-
-def write_report(result: dict[str, Any], out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["# Benchmark", ""]
-    m = result["machine"]
-    algorithms = result["algorithms"]
-    lines += [
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} thread(s), "
-        f"load average at start {m['load_average_at_start']}, at end {m.get('load_average_at_end')}"
-        + (f", GPU {m['cuda']}" if m.get("cuda") else ""),
-        f"Settings: {result['settings']}",
-        "",
-        "Ratios are candidate / reference (x: times faster, or less memory); each is the "
-        "median of paired A B rounds in this run.",
-        "",
-        "## Training (gradient steps/s, batch 256)",
-        "",
-    ]
-    training = [
-        {
-            "algorithm": r["algorithm"],
-            "device": r["device"],
-            "compile": r["compile"],
-            "ours steps/s": r["steps_per_s"],
-            "reference": r["reference"] or "-",
-            "ref steps/s": r.get("reference_steps_per_s", "-"),
-            "ratio": _x(r.get("train_ratio")),
-            "ratio (CPU time)": _x(r.get("train_ratio_cpu")),
-        }
-        for r in algorithms
-    ]
-    training += [
-        {
-            "algorithm": f"{r['algorithm']} ({v['variant']})",
-            "device": r["device"],
-            "compile": v["variant"] != "no compile" and r["compile"],
-            "ours steps/s": v["steps_per_s"],
-            "reference": r["reference"] or "-",
-            "ref steps/s": r.get("reference_steps_per_s", "-"),
-            "ratio": _x(v["ratio"]),
-            "ratio (CPU time)": _x(v.get("ratio_cpu")),
-        }
-        for r in algorithms
-        for v in r.get("variants", [])
-    ]
-    lines.append(_table(training))
-    if result.get("matmul_gflops"):
-        lines += [
-            "",
-            f"Roofline (CPU): a bare fp32 256x256x256 matmul runs at {result['matmul_gflops']:.0f} "
-            "GFLOP per CPU-second in this run. Matmul FLOPs per step are counted by "
-            "torch.utils.flop_counter on one eager step of each implementation; the ceiling is "
-            "the ratio the reference would show against an implementation of the same FLOPs "
-            "running at that peak.",
-            "",
-            _table(
-                [
-                    {
-                        "algorithm": r["algorithm"],
-                        "GFLOP/step ours": r["gflop_per_step"],
-                        "GFLOP/step ref": r.get("reference_gflop_per_step") or "-",
-                        "ours % of peak": _pct(r.get("fraction_of_peak")),
-                        "ref % of peak": _pct(r.get("reference_fraction_of_peak")),
-                        "fp32 ceiling ratio": _x(r.get("fp32_ceiling_ratio")),
-                    }
-                    for r in algorithms
-                    if r["device"] == "cpu" and r.get("gflop_per_step")
-                ]
-            ),
-        ]
-    if result.get("diffusion_ql_efficiency"):
-        e = result["diffusion_ql_efficiency"]
-        lines += [
-            "",
-            f"Diffusion-QL: {e['gflop_per_step']:.2f} GFLOP per step; per CPU-second ours runs "
-            f"at {e['ours_gflops']:.0f} GFLOP/s = {100 * e['ours_fraction']:.0f}% and the "
-            f"reference at {100 * e['reference_fraction']:.0f}% of the rate of a bare fp32 "
-            f"256x256x256 matmul measured in this run ({e['matmul_gflops']:.0f} GFLOP/s).",
-        ]
-    acting = [
-        {
-            "algorithm": r["algorithm"],
-            "ours 1 obs": r["act_ms_1"],
-            "ref 1 obs": r.get("reference_act_ms_1", "-"),
-            "ratio 1 obs": _x(r.get("act_ratio_1")),
-            "ours 10 obs": r.get("act_ms_10", "-"),
-            "ref 10 obs": r.get("reference_act_ms_10", "-"),
-            "ratio 10 obs": _x(r.get("act_ratio_10")),
-        }
-        for r in algorithms
-    ]
-    memory = [
-        {
-            "algorithm": r["algorithm"],
-            "ours": r["peak_mib"],
-            "reference": r.get("reference_peak_mib", "-"),
-            "ratio": _x(r.get("memory_ratio")),
-            "method": r["memory_method"],
-        }
-        for r in algorithms
-    ]
-    lines += ["", "## Action selection (ms per act call)", "", _table(acting)]
-    lines += ["", "## Peak memory of training steps (MiB above the resident set before them)", ""]
-    lines.append(_table(memory))
-    if result.get("evaluation"):
-        evaluation = [
-            {
-                "algorithm": r["algorithm"],
-                "episodes x steps": f"{r['episodes']} x {r['episode_steps']}",
-                "parallel": r["parallel_episodes_per_s"],
-                "one after another": r["sequential_episodes_per_s"],
-                "ratio": _x(r["parallel_vs_sequential"]),
-                "reference one after another": r.get("reference_sequential_episodes_per_s", "-"),
-                "ratio to reference": _x(r.get("parallel_vs_reference_sequential")),
-                "env alone": _x(r.get("free_policy_parallel_vs_sequential")),
-                "act alone": _x(r.get("act_alone")),
-            }
-            for r in result["evaluation"]
-        ]
-        lines += ["", "## Evaluation (episodes/s, Hopper-v5)", "", _table(evaluation)]
-        lines += [
-            "",
-            "The gain of each part alone: 'env alone' is the same measurement with a policy "
-            "that costs nothing (the env's own step, which envs in one process cannot share); "
-            "'act alone' is 10 x act(1 obs) / act(10 obs). The parallel gain is a mix of the "
-            "two, weighted by where the time goes (plus per-episode setup, same in both modes).",
-        ]
-    if result.get("batched_seeds_generic"):
-        peak = result.get("matmul_gflops")
-        rows = []
-        for b in result["batched_seeds_generic"]:
-            for t in b["settings"]:
-                gflop = t.get("single_gflop_per_step")
-                f = gflop * t["single_steps_per_s"] / peak if gflop and peak else None
-                rows.append(
-                    {
-                        "algorithm": t["algorithm"],
-                        "precision": t["precision"],
-                        "threads": t["threads"],
-                        "1 seed steps/s": t["single_steps_per_s"],
-                        "batched steps/s": t["batched_steps_per_s"],
-                        "time ratio": f"{t['batched_time_over_single']}x",
-                        "CPU-time ratio": f"{t['batched_cpu_time_over_single']}x",
-                        "gain": f"{t['seed_steps_per_s_gain']}x",
-                        "1 seed at f of peak": "-" if f is None else f"{100 * f:.0f}%",
-                        "ratio bound": "-" if f is None else f"{SEEDS_BATCHED * f:.2f}x",
-                    }
-                )
-        lines += [
-            "",
-            "## Batched seeds (every other algorithm: the generic stack, dql.batched_seeds)",
-            "",
-            f"{SEEDS_BATCHED} seeds as one model (parameters stacked, per-seed maths under "
-            "torch.func.vmap) against one seed, same settings on both sides. Time ratio: wall "
-            f"time of a batched step over a single-seed step (target at most 3x in bf16). Bound "
-            f"(fp32): one seed at fraction f of the fp32 matmul peak needs {SEEDS_BATCHED}f of it "
-            "for a 1x ratio, so the ratio cannot fall below "
-            f"{SEEDS_BATCHED}f (f from FlopCounterMode's count x steps/s over the peak).",
-            "",
-            _table(rows),
-        ]
-    if result.get("batched_seeds"):
-        b = result["batched_seeds"]
-        rows = [
-            {
-                "compile": t.get("compile"),
-                "precision": t.get("precision", "fp32"),
-                "threads": t.get("threads", "-"),
-                "1 seed steps/s": t["single_steps_per_s"],
-                "batched steps/s": t["batched_steps_per_s"],
-                "time ratio": f"{t['batched_time_over_single']}x",
-                "CPU-time ratio": f"{t['batched_cpu_time_over_single']}x",
-                "gain": f"{t['seed_steps_per_s_gain']}x",
-            }
-            for t in b.get("settings", [b])
-        ]
-        lines += [
-            "",
-            "## Batched seeds (Diffusion-QL)",
-            "",
-            f"{b['seeds']} seeds as one model against one seed, same settings on both sides "
-            f"({b['device']}); time ratio: wall time of a batched step over a single-seed step "
-            "(the target is at most 3.5x); gain: seed-steps per second over one seed at a time.",
-            "",
-            _table(rows),
-        ]
-        single = [r for r in algorithms if r["algorithm"] == "diffusion_ql"]
-        if single and single[0].get("fraction_of_peak"):
-            needed = SEEDS_BATCHED * single[0]["fraction_of_peak"] / 3.5
-            lines += [
-                "",
-                f"Bound: one seed's fp32 step (training table above) already runs at "
-                f"{100 * single[0]['fraction_of_peak']:.0f}% of the fp32 matmul peak, so "
-                f"{SEEDS_BATCHED} seeds (5x the FLOPs) in 3.5x its time would need "
-                f"{100 * needed:.0f}% of peak.",
-            ]
-    if result.get("q_gradient"):
-        rows = [
-            {
-                "T": r["n_timesteps"],
-                "device": r["device"],
-                "compile": r["compile"],
-                "chain steps/s": r["chain_steps_per_s"],
-                "approx steps/s": r["approx_steps_per_s"],
-                "approx / chain": f"{r['approx_over_chain']}x",
-            }
-            for r in result["q_gradient"]
-        ]
-        lines += [
-            "",
-            "## EDP action approximation (Diffusion-QL)",
-            "",
-            "`--q-gradient approx` (L_q at L_bc's one-step reconstruction) against `chain` (L_q "
-            "through the whole reverse chain, the paper), same compile and precision; the "
-            "critic's target chain is the same in both. Target: at least 1.6x at T = 5.",
-            "",
-            _table(rows),
-        ]
-    if result["notes"]:
-        lines += ["", "## Notes", ""] + [f"- {note}" for note in result["notes"]]
-    path = out / "bench.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def _x(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.0f}%"
-
-
 # --------------------------------------------------------------------------- main
 
 
