@@ -482,7 +482,16 @@ def _worker_main(job_json: str, num_threads: int) -> int:
 
 
 class LocalBackend:
-    """At most `workers` runs at a time, each in its own worker process and session."""
+    """At most `workers` runs at a time, each in its own worker process and session.
+
+    The pool is concurrent.futures' ThreadPoolExecutor, one thread per running job, each
+    starting and waiting for one `python -m dql.sweep --run-job` process. Not a
+    ProcessPoolExecutor(max_tasks_per_child=1): a worker killed by the OOM killer breaks that
+    pool, and every pending run then fails with BrokenProcessPool, where here only the killed
+    run is marked interrupted; its workers share the sweep's process group, so a terminal's
+    Ctrl-C would reach each worker as well as the one SIGTERM the sweep forwards (a second
+    signal stops a run without its checkpoint); and a run's log, its OMP thread count (read
+    when torch is imported) and its CPU time (wait4) are per process from the start."""
 
     def __init__(
         self,
