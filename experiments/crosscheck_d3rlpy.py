@@ -50,7 +50,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from d3rlpy_adapter import D3RLPY_NAMES, d3rlpy_algorithm, d3rlpy_dataset  # noqa: E402
+from d3rlpy_adapter import (  # noqa: E402
+    D3RLPY_NAMES,
+    d3rlpy_algorithm,
+    d3rlpy_available,
+    d3rlpy_dataset,
+)
 
 from dql.buffer import ReplayBuffer  # noqa: E402
 from dql.data import (  # noqa: E402
@@ -60,6 +65,7 @@ from dql.data import (  # noqa: E402
     resolve_ref_scores,
     transform_rewards,
 )
+from dql.errors import UserError  # noqa: E402
 from dql.evaluation import evaluate  # noqa: E402
 from dql.hyperparams import task_hyperparams  # noqa: E402
 from dql.registry import agent_class, load_algorithm  # noqa: E402
@@ -282,15 +288,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.steps < 1 or args.eval_episodes < 1 or args.speed_seconds <= 0:
         parser.error("--steps, --eval-episodes and --speed-seconds must be positive")
-    try:
-        import d3rlpy  # noqa: F401
-    except Exception as exc:
-        print(
-            f"error: d3rlpy is not importable ({type(exc).__name__}: {exc}); install it with "
-            "`pip install --no-deps d3rlpy==2.8.1` and its deps (docs/environment-notes.md)",
-            file=sys.stderr,
-        )
-        return 2
+    problem = d3rlpy_available()
+    if problem is None:
+        try:
+            return crosscheck(args)
+        except UserError as exc:  # a dataset not in the store, a bad config: one line
+            problem = str(exc)
+    print(f"error: {problem}", file=sys.stderr)
+    return 2
+
+
+def crosscheck(args: argparse.Namespace) -> int:
+    """Train ours and d3rlpy's on the same data and seed, time both; write OUT/STEM.md/.json."""
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
 

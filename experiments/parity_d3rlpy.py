@@ -227,10 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--out", default="results/parity_d3rlpy")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if args.command == "report":
-        print(report(out, Path(args.ours)))
-        return 0
     try:
+        if args.command == "report":
+            print(report(out, Path(args.ours)))
+            return 0
         specs = select_runs(plan_runs(load_sweep(args.sweep), out), args.only)
         results = [(spec, train_one(spec, out)) for spec in specs]
     except UserError as exc:
