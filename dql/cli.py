@@ -361,13 +361,19 @@ class DemoArgs:
 
 @dataclasses.dataclass(frozen=True)
 class ListArgs:
-    """The algorithms, and the dataset names `dql data build` accepts."""
+    """The algorithms, the dataset names `dql data build` accepts, and the datasets in the
+    local Minari store ($MINARI_DATASETS_PATH)."""
 
     def run(self) -> int:
+        import minari
+        from minari.storage.datasets_root_dir import get_dataset_path
+
         from dql.builders.cli import dataset_names
 
         print("algorithms:", ", ".join(ALGORITHMS))
-        print("datasets (dql data build NAME):", ", ".join(dataset_names()))
+        print("buildable (dql data build NAME):", ", ".join(dataset_names()))
+        stored = sorted(minari.list_local_datasets(compatible_minari_version=False))
+        print(f"in the local store {get_dataset_path()}:", ", ".join(stored) or "none yet")
         return 0
 
 

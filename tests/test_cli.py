@@ -60,3 +60,15 @@ def test_train_hands_flags_to_the_algorithm(monkeypatch):
     monkeypatch.setattr(baselines.bc, "main", lambda argv: got.append(argv) or 0)
     assert main(["train", "bc", "--dataset", "x", "--steps", "5"]) == 0
     assert got == [["--dataset", "x", "--steps", "5"]]
+
+
+def test_list_names_the_algorithms_and_the_stored_datasets(tmp_path, monkeypatch, capsys):
+    from conftest import build_pendulum_dataset
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "diffusion_ql" in out and "pendulum-flip" in out and "none yet" in out
+    build_pendulum_dataset("flip", "test/pendulum/listed-v0", size=500)
+    assert main(["list"]) == 0
+    assert "test/pendulum/listed-v0" in capsys.readouterr().out.splitlines()[-1]
