@@ -468,7 +468,7 @@ def test_diffusion_ql_balances_where_behaviour_cloning_fails(
         steps=1600,
         eval_interval=800,
         hidden=(64, 64, 64),
-        lr=1e-3,
+        actor_lr=1e-3,
         critic_lr=1e-3,
         run_dir=str(tmp_path / "dql"),
     )
