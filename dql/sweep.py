@@ -230,7 +230,9 @@ def _check_fields(values: dict[str, Any], configs: dict[str, type], where: str, 
         fields = {f.name for f in dataclasses.fields(config_cls)}
         unknown = [key for key in values if key not in fields]
         if unknown:
+            renamed = getattr(config_cls, "RENAMED_FIELDS", {}).get(unknown[0])
             hint = " (put it under [overrides.ALGORITHM])" if len(configs) > 1 else ""
+            hint = f" (renamed to {renamed[0]!r})" if renamed else hint
             raise fail(f"{where}: unknown config field {unknown[0]!r} for {algorithm}{hint}")
         for key, kind in kind_errors(config_cls, values).items():
             raise fail(f"{where}: {key} = {values[key]!r} should be {kind}")

@@ -121,6 +121,11 @@ MALFORMED = {
         'algorithms = ["tiny_a"]\ndatasets = ["x/y/z-v0"]\nseeds = [0]\nreward_transform = "sqrt"',
         "reward_transform = 'sqrt' should be one of 'none'",
     ),
+    "renamed_field": (
+        'algorithms = ["diffusion_ql"]\ndatasets = ["x/y/z-v0"]\nseeds = [0]\n'
+        "[overrides.diffusion_ql]\nhidden_dim = 64",
+        "unknown config field 'hidden_dim' for diffusion_ql (renamed to 'hidden')",
+    ),
     "reserved_field": (
         'algorithms = ["tiny_a"]\ndatasets = ["x/y/z-v0"]\nseeds = [0]\nseed = 4',
         "'seed' is set by the sweep itself",
