@@ -58,37 +58,28 @@ def parse_name(name: str) -> tuple[str, str]:
 def build_command(args: DataBuildArgs) -> int:
     """`dql data build NAME`: build one dataset into the Minari store, print its summary."""
     env, rest = parse_name(args.name)
+    common = dict(
+        seed=args.seed,
+        dataset_id_override=args.out,
+        ref_episodes=args.ref_episodes,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
+    size = DEFAULT_SIZE if args.size is None else args.size  # pendulum: its behaviour's own
     if env == "pendulum":
         if args.train_steps is not None or args.chunk is not None:
             raise UserError("--train-steps and --chunk are not for pendulum datasets")
         from dql.builders.pendulum import build_pendulum
 
         report = build_pendulum(
-            rest,
-            size=args.size,
-            seed=args.seed,
-            dataset_id_override=args.out,
-            max_episode_steps=args.max_episode_steps,
-            ref_episodes=args.ref_episodes,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
+            rest, size=args.size, max_episode_steps=args.max_episode_steps, **common
         )
     elif env == "pointmaze":
         if args.max_episode_steps is not None or args.train_steps is not None:
             raise UserError("--max-episode-steps and --train-steps are for locomotion datasets")
         from dql.builders.pointmaze import build_pointmaze
 
-        report = build_pointmaze(
-            rest,
-            size=DEFAULT_SIZE if args.size is None else args.size,
-            seed=args.seed,
-            dataset_id_override=args.out,
-            noise=args.noise,
-            chunk=args.chunk,
-            ref_episodes=args.ref_episodes,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-        )
+        report = build_pointmaze(rest, size=size, noise=args.noise, chunk=args.chunk, **common)
     else:
         if args.chunk is not None:
             raise UserError("--chunk is for pointmaze datasets")
@@ -97,15 +88,11 @@ def build_command(args: DataBuildArgs) -> int:
         report = build_locomotion(
             env,
             rest,
-            size=DEFAULT_SIZE if args.size is None else args.size,
-            seed=args.seed,
-            dataset_id_override=args.out,
+            size=size,
             policy_dir=args.policy_dir,
             train_steps=args.train_steps,
-            ref_episodes=args.ref_episodes,
             max_episode_steps=args.max_episode_steps,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
+            **common,
         )
     print(report.summary())
     return 0
