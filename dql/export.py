@@ -213,6 +213,13 @@ def policy_module(agent: Any) -> nn.Module:
     )
 
 
+def frozen_policy(run: TrainedRun) -> nn.Module:
+    """A CPU copy of the run's policy module in eval mode without gradients (what is exported)."""
+    if run.device != "cpu":
+        raise UserError("export runs on CPU; load the run with device='cpu'")
+    return copy.deepcopy(policy_module(run.agent)).to("cpu").eval().requires_grad_(False)
+
+
 class ExportedPolicy(nn.Module):
     """Raw observations -> normalise -> policy -> clamp; scripted around the traced policy."""
 
@@ -245,7 +252,7 @@ class ExportedPolicy(nn.Module):
 
 def build_exported(run: TrainedRun) -> torch.jit.ScriptModule:
     """Trace the agent's policy on CPU and script the normalising wrapper around it."""
-    policy = copy.deepcopy(policy_module(run.agent)).to("cpu").eval().requires_grad_(False)
+    policy = frozen_policy(run)
     example = torch.zeros(2, run.observation_dim)
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -287,9 +294,7 @@ def check_export(
 
 def export_policy(run: TrainedRun, out: str | Path, *, check: bool = True) -> dict[str, Any]:
     """Write `run`'s policy to `out` as TorchScript; return its metadata (+ check error)."""
-    if run.device != "cpu":
-        raise UserError("export runs on CPU; load the run with device='cpu'")
-    module = build_exported(run)
+    module = build_exported(run)  # refuses a run loaded on a GPU
     error = check_export(module, run) if check else None
     if error is not None and not error <= EXPORT_TOLERANCE:
         raise UserError(
@@ -331,15 +336,13 @@ def export_onnx(run: TrainedRun, out: str | Path, *, check: bool = True) -> dict
             f"--format onnx needs onnx, onnxscript and onnxruntime ({exc.name} is missing): "
             'pip install -e ".[export]"'
         ) from None
-    if run.device != "cpu":
-        raise UserError("export runs on CPU; load the run with device='cpu'")
+    policy = frozen_policy(run)  # refuses a run loaded on a GPU
     if samples_noise(run):
         raise UserError(
             f"the {run.algorithm} policy samples noise at every action (its actions differ "
             "between seeds); ONNX Runtime cannot draw torch's noise, so an ONNX export could not "
             "be checked against agent.act: use --format torchscript, which keeps the seed"
         )
-    policy = copy.deepcopy(policy_module(run.agent)).to("cpu").eval().requires_grad_(False)
     module = ExportedPolicy(policy, run.normalizer, run.action_dim, run.max_action).eval()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
