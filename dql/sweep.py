@@ -878,7 +878,8 @@ def run_sweep(
     for key, outcome in report.runs.items():
         if outcome["status"] == "failed":
             echo(f"  kept failed {key}: {outcome.get('error')} (--retry-failed to retry)")
-    _write_status(out, sweep, report)
+    own = frozenset(spec.key for spec in to_run) if not dry_run else frozenset()
+    _write_status(out, sweep, report, own)
     if dry_run:
         for spec in to_run:
             config = importlib.import_module(spec.module).Config(**spec.config)
@@ -906,7 +907,7 @@ def run_sweep(
         attempts = report.runs.get(outcome["key"], {}).get("attempts", 0)
         outcome["attempts"] = attempts + (outcome["status"] != "not started")
         report.runs[outcome["key"]] = outcome
-        _write_status(out, sweep, report)
+        _write_status(out, sweep, report, own)
         line = _describe(outcome)
         _log(out, line)
         echo(f"[{done_count:>{len(str(len(to_run)))}}/{len(to_run)}] {line}")
@@ -929,14 +930,14 @@ def run_sweep(
         echo("sweep interrupted; running runs saved checkpoints; rerun the sweep to continue")
     finally:
         _restore_sigterm(previous_handler)
-        _write_status(out, sweep, report)
+        _write_status(out, sweep, report, own)
     elapsed = time.perf_counter() - started
     counts = ", ".join(
         f"{report.count(s)} {s}"
         for s in ("complete", "failed", "interrupted", "busy", "not started")
         if report.count(s)
     )
-    cpu = sum(r.get("cpu_time") or 0.0 for r in report.runs.values() if "attempts" in r)
+    cpu = sum(report.runs[k].get("cpu_time") or 0.0 for k in own if "attempts" in report.runs[k])
     cpu_note = f" ({_duration(cpu)} of worker CPU time)" if cpu else ""
     echo(f"sweep {sweep.name} finished in {_duration(elapsed)}{cpu_note}: {counts}")
     _log(out, f"finished in {_duration(elapsed)}{cpu_note}: {counts}")
@@ -979,9 +980,18 @@ def _describe(outcome: dict[str, Any]) -> str:
     return f"{status} {key}{error}{wall}"
 
 
-def _write_status(out: Path, sweep: Sweep, report: SweepReport) -> None:
+def _write_status(
+    out: Path, sweep: Sweep, report: SweepReport, own: frozenset[str] = frozenset()
+) -> None:
+    """Write sweep_status.json: this process's outcomes for the runs it launches (`own`), and
+    for every other run what its run directory says now, so that two sweep processes sharing
+    `out` do not leave each other's finished runs marked busy."""
     from dql.runs import atomic_write_json
 
+    on_disk = _previous_runs(out)
+    for key, outcome in report.runs.items():
+        if key not in own:
+            report.runs[key] = _current_outcome(outcome, on_disk.get(key))
     atomic_write_json(
         out / "sweep_status.json",
         {
@@ -994,6 +1004,27 @@ def _write_status(out: Path, sweep: Sweep, report: SweepReport) -> None:
             "runs": report.runs,
         },
     )
+
+
+def _current_outcome(seen: dict[str, Any], written: dict[str, Any] | None) -> dict[str, Any]:
+    """A run that another process may train: complete or busy as its directory says now, else
+    the latest entry written for it that is not a stale busy (another process's error or
+    attempts), else what its directory says."""
+    state = run_state(seen["run_dir"])
+    if state == "complete":
+        if seen["status"] == "complete":
+            return seen
+        from dql.runs import read_json
+
+        result = read_json(Path(seen["run_dir"]) / "result.json")
+        scores = {k: result.get(k) for k in ("final_score", "best_score")}
+        return {**(written or seen), "status": "complete", "error": None, **scores}
+    if state == "busy":
+        return {**seen, "status": "busy", "error": "being trained by another process"}
+    for entry in (written, seen):
+        if entry and entry.get("run_dir") == seen["run_dir"] and entry["status"] != "busy":
+            return entry
+    return {**seen, "status": "pending" if state == "missing" else state, "error": None}
 
 
 def _log(out: Path, line: str) -> None:

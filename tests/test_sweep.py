@@ -611,6 +611,28 @@ def test_a_run_locked_by_another_process_is_left_alone(tiny_registry, counter, t
     assert run_state(run_dir) == "missing"  # lock released, nothing trained
 
 
+def test_a_sweep_that_ends_last_does_not_mark_another_sweeps_finished_run_busy(
+    tiny_registry, pendulum_store, counter, tmp_path
+):
+    from dql.sweep import _run_lock, _write_status
+
+    file = write_sweep(tmp_path / "s.toml", pendulum_store, "", algorithms=["tiny_a"])
+    out, sweep = tmp_path / "out", load_sweep(file)
+    other = "tiny_a/pendulum-mixed/seed_0"
+    with _run_lock(out / "tiny_a" / "pendulum-mixed" / "seed_0"):  # the other sweep trains it
+        mine = run_sweep(sweep, out, echo=lambda *a: None, only=["tiny_a/*/seed_1"])
+    assert mine.runs[other]["status"] == "busy"
+    run_sweep(sweep, out, echo=lambda *a: None, only=[other])  # the other sweep finishes it
+    # and this sweep writes its status last, as when its run ends after the other's
+    _write_status(out, sweep, mine, frozenset({"tiny_a/pendulum-mixed/seed_1"}))
+    runs = json.loads((out / "sweep_status.json").read_text())["runs"]
+    assert {k: r["status"] for k, r in runs.items()} == {
+        other: "complete",
+        "tiny_a/pendulum-mixed/seed_1": "complete",
+    }
+    assert runs[other]["final_score"] is not None and runs[other]["attempts"] == 1
+
+
 def test_only_launches_the_matching_runs_and_launch_for_starts_none_after_its_time(
     tiny_registry, pendulum_store, counter, tmp_path, capsys
 ):
