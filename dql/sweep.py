@@ -838,7 +838,7 @@ def run_sweep(
         state = run_state(spec.run_dir)
         previous = previous_runs.get(spec.key, {})
         if state == "complete":
-            report.runs[spec.key] = _outcome(spec, "complete", **_scores(spec))
+            report.runs[spec.key] = _outcome(spec, "complete", **_scores(spec.run_dir))
         elif state == "busy":
             report.runs[spec.key] = _outcome(spec, "busy", error="being trained by another process")
         elif state == "failed" and not retry_failed:
@@ -944,10 +944,10 @@ def run_sweep(
     return report
 
 
-def _scores(spec: RunSpec) -> dict[str, Any]:
+def _scores(run_dir: str) -> dict[str, Any]:
     from dql.runs import read_json
 
-    result = read_json(Path(spec.run_dir) / "result.json")
+    result = read_json(Path(run_dir) / "result.json")
     return {"final_score": result.get("final_score"), "best_score": result.get("best_score")}
 
 
@@ -1014,11 +1014,12 @@ def _current_outcome(seen: dict[str, Any], written: dict[str, Any] | None) -> di
     if state == "complete":
         if seen["status"] == "complete":
             return seen
-        from dql.runs import read_json
-
-        result = read_json(Path(seen["run_dir"]) / "result.json")
-        scores = {k: result.get(k) for k in ("final_score", "best_score")}
-        return {**(written or seen), "status": "complete", "error": None, **scores}
+        return {
+            **(written or seen),
+            "status": "complete",
+            "error": None,
+            **_scores(seen["run_dir"]),
+        }
     if state == "busy":
         return {**seen, "status": "busy", "error": "being trained by another process"}
     for entry in (written, seen):
