@@ -212,6 +212,8 @@ class SweepArgs:
     """launch only runs whose key (ALGORITHM/TASK/seed_N) matches this glob; repeatable"""
     launch_for: float | None = None
     """start no run after this many minutes; running runs finish (local backend)"""
+    allow_other_build: bool = False
+    """launch runs even where the local dataset differs from the one finished runs trained on"""
 
     def run(self) -> int:
         from dql.sweep import sweep_command

@@ -810,6 +810,7 @@ def run_sweep(
     batched_seeds: bool = False,
     only: Sequence[str] = (),
     launch_for: float | None = None,
+    allow_other_build: bool = False,
 ) -> SweepReport:
     """Run every run of `sweep` that is not complete yet (see the module docstring)."""
     if launch_for is not None and (launch_for <= 0 or backend != "local"):
@@ -834,11 +835,14 @@ def run_sweep(
     report = SweepReport(out, {})
     to_run: list[RunSpec] = []
     previous_runs = _previous_runs(out)
+    builds: dict[str, set[str]] = {}  # dataset -> content hashes its finished runs trained on
     for spec in runs:
         state = run_state(spec.run_dir)
         previous = previous_runs.get(spec.key, {})
         if state == "complete":
             report.runs[spec.key] = _outcome(spec, "complete", **_scores(spec.run_dir))
+            if content_hash := _trained_on(spec.run_dir):
+                builds.setdefault(spec.dataset, set()).add(content_hash)
         elif state == "busy":
             report.runs[spec.key] = _outcome(spec, "busy", error="being trained by another process")
         elif state == "failed" and not retry_failed:
@@ -878,6 +882,7 @@ def run_sweep(
     for key, outcome in report.runs.items():
         if outcome["status"] == "failed":
             echo(f"  kept failed {key}: {outcome.get('error')} (--retry-failed to retry)")
+    _check_one_build(to_run, builds, refuse=not (dry_run or allow_other_build), echo=echo)
     own = frozenset(spec.key for spec in to_run) if not dry_run else frozenset()
     _write_status(out, sweep, report, own)
     if dry_run:
@@ -942,6 +947,40 @@ def run_sweep(
     echo(f"sweep {sweep.name} finished in {_duration(elapsed)}{cpu_note}: {counts}")
     _log(out, f"finished in {_duration(elapsed)}{cpu_note}: {counts}")
     return report
+
+
+def _trained_on(run_dir: str) -> str | None:
+    """The content hash of the data a finished run trained on (its config.json)."""
+    try:
+        saved = json.loads((Path(run_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return saved.get("dataset", {}).get("content_hash")
+
+
+def _check_one_build(
+    to_run: Sequence[RunSpec], builds: dict[str, set[str]], *, refuse: bool, echo: Any
+) -> None:
+    """Refuse to add runs on a dataset whose local build is not the data the sweep's finished
+    runs trained on: a build is bit-identical only on the same kind of CPU (docs/datasets.md),
+    and one table should not compare algorithms trained on different data."""
+    from dql.data import load_dataset
+
+    for dataset in sorted({spec.dataset for spec in to_run} & builds.keys()):
+        try:
+            local = load_dataset(dataset).info.content_hash
+        except (UserError, OSError):  # not here: the runs themselves report it
+            continue
+        if local in builds[dataset]:
+            continue
+        message = (
+            f"{dataset} here has content hash {local}, but this sweep's finished runs on it "
+            f"trained on {', '.join(sorted(builds[dataset]))}: new runs would train on other data "
+            "(a rebuild on another kind of CPU differs, docs/datasets.md)"
+        )
+        if refuse:
+            raise UserError(message + "; --allow-other-build runs them anyway")
+        echo(f"warning: {message}")
 
 
 def _scores(run_dir: str) -> dict[str, Any]:
@@ -1089,6 +1128,7 @@ def sweep_command(args: SweepArgs) -> int:
         batched_seeds=args.batched_seeds,
         only=list(args.only),
         launch_for=args.launch_for,
+        allow_other_build=args.allow_other_build,
     )
     if args.dry_run:
         return 0

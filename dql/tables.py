@@ -452,6 +452,13 @@ def provenance_lines(table: RunsTable) -> list[str]:
     lines = [f"runs: {table.provenance['root']} ({len(runs)} complete runs)"]
     for dataset, hashes in sorted(table.provenance["datasets"].items()):
         lines.append(f"dataset: {dataset} (content hash {', '.join(sorted(hashes))})")
+        if len(hashes) > 1 and not runs.empty:  # e.g. rebuilt on another kind of CPU
+            on = runs[runs["dataset"] == dataset].groupby("algorithm")["dataset_hash"]
+            who = "; ".join(f"{a}: {', '.join(sorted(set(h)))}" for a, h in on)
+            lines.append(
+                f"warning: {dataset} comes in {len(hashes)} builds ({who}): rows compare "
+                "algorithms trained on different data"
+            )
     for algorithm, group in runs.groupby("algorithm"):
         budgets = ", ".join(str(s) for s in sorted(group["steps"].unique()))
         intervals = ", ".join(str(s) for s in sorted(group["eval_interval"].unique()))

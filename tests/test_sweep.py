@@ -661,3 +661,24 @@ def test_only_launches_the_matching_runs_and_launch_for_starts_none_after_its_ti
     assert sorted(trained(counter)) == sorted(
         ["tiny_a/seed_0", "tiny_a/seed_1", "tiny_b/seed_0", "tiny_b/seed_1"]
     )
+
+
+def test_a_sweep_refuses_to_add_runs_on_another_build_of_its_data(
+    tiny_registry, pendulum_store, counter, tmp_path, capsys
+):
+    file = write_sweep(tmp_path / "s.toml", pendulum_store, "", algorithms=["tiny_a"])
+    out = tmp_path / "out"
+    assert dql_main(["sweep", str(file), "--out", str(out), "--only", "*/seed_0"]) == 1
+    # as if seed 0 had finished on a machine whose build of the dataset came out different
+    config = out / "tiny_a" / "pendulum-mixed" / "seed_0" / "config.json"
+    saved = json.loads(config.read_text())
+    local_hash = saved["dataset"]["content_hash"]
+    saved["dataset"]["content_hash"] = "0" * 32
+    config.write_text(json.dumps(saved))
+
+    assert dql_main(["sweep", str(file), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"content hash {local_hash}" in err and "trained on " + "0" * 32 in err
+    assert trained(counter) == ["tiny_a/seed_0"]  # seed 1 not started
+    assert dql_main(["sweep", str(file), "--out", str(out), "--allow-other-build"]) == 0
+    assert trained(counter) == ["tiny_a/seed_0", "tiny_a/seed_1"]

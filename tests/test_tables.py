@@ -41,6 +41,7 @@ def fake_run(
     *,
     status: str = "complete",
     interval: int = 100,
+    content_hash: str | None = None,
     **config_fields: object,
 ) -> Path:
     """A run directory as run_training leaves it, with the given evaluation scores."""
@@ -62,7 +63,10 @@ def fake_run(
                 "config": saved,
                 "seed": seed,
                 "git_commit": "c0ffee",
-                "dataset": {"dataset_id": dataset, "content_hash": HASHES.get(dataset, "h")},
+                "dataset": {
+                    "dataset_id": dataset,
+                    "content_hash": content_hash or HASHES.get(dataset, "h"),
+                },
             }
         )
     )
@@ -298,6 +302,16 @@ def test_mixed_configs_are_flagged(tmp_path):
     fake_run(root, "bc", "mujoco/hopper/medium-v0", 1, [55.0], batch_size=64)
     md = render(collect_runs(root), reps=100).markdown
     assert "warning: bc on hopper-medium mixes 2 configs" in md
+    assert "builds" not in md  # one build of the data
+
+
+def test_runs_on_two_builds_of_one_dataset_are_flagged(tmp_path):
+    root = tmp_path / "runs"
+    fake_run(root, "bc", "mujoco/hopper/medium-v0", 0, [50.0], content_hash="aaaa")
+    fake_run(root, "iql", "mujoco/hopper/medium-v0", 0, [60.0], content_hash="bbbb")
+    md = render(collect_runs(root), reps=100).markdown
+    assert "dataset: mujoco/hopper/medium-v0 (content hash aaaa, bbbb)" in md
+    assert "warning: mujoco/hopper/medium-v0 comes in 2 builds (bc: aaaa; iql: bbbb)" in md
 
 
 def test_cli_writes_tables_csvs_and_learning_curves(runs_dir, tmp_path, capsys):
