@@ -148,7 +148,8 @@ def train_one(spec: Any, out: Path) -> dict[str, Any]:
     return summary
 
 
-def report(out: Path, ours: Path) -> str:
+def report(out: Path, ours: Path, suffix: str = SUFFIX, reference: str = "d3rlpy") -> str:
+    """Curves and equal-means tests of the runs in OUT named ALGORITHM{suffix} against ours."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -160,15 +161,17 @@ def report(out: Path, ours: Path) -> str:
     theirs = collect_runs(out)
     mine = collect_runs(ours)
     lines = [
-        "# Parity with d3rlpy",
+        f"# Parity with {reference}",
         "",
-        f"Ours: `{ours}`; d3rlpy: `{out}` (same sweep configs, data and evaluation episodes).",
+        f"Ours: `{ours}`; {reference}: `{out}` (same sweep configs, data and evaluation episodes).",
         "Final = the last evaluation. Welch's t-test of equal means over seeds.",
         "",
     ]
     parity_rows = []
     for (algorithm, task), runs in theirs.runs.groupby(["algorithm", "task"]):
-        base = algorithm.removesuffix(SUFFIX)
+        if not algorithm.endswith(suffix):
+            continue
+        base = algorithm.removesuffix(suffix)
         seeds = sorted(runs["seed"])
         ref = mine.runs[
             (mine.runs.algorithm == base) & (mine.runs.task == task) & mine.runs.seed.isin(seeds)
@@ -182,14 +185,14 @@ def report(out: Path, ours: Path) -> str:
                 "algorithm": base,
                 "task": task,
                 "seeds": ", ".join(map(str, seeds)),
-                "steps (ours / d3rlpy)": " / ".join("/".join(map(str, s)) for s in steps),
+                f"steps (ours / {reference})": " / ".join("/".join(map(str, s)) for s in steps),
                 "ours final": cell(a) if len(a) else "-",
-                "d3rlpy final": cell(b),
+                f"{reference} final": cell(b),
                 "p (Welch)": f"{p:.3f}",
             }
         )
         fig, ax = plt.subplots(figsize=(6, 4))
-        for label, table, algo in (("ours", mine, base), ("d3rlpy", theirs, algorithm)):
+        for label, table, algo in (("ours", mine, base), (reference, theirs, algorithm)):
             ev = table.evaluations
             ev = ev[(ev.algorithm == algo) & (ev.task == task) & ev.seed.isin(seeds)]
             curve = ev.groupby("step")["normalized_score"].agg(["mean", "std", "count"])
