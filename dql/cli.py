@@ -153,6 +153,10 @@ class DataBuildArgs:
     """replace an existing dataset"""
     no_progress: bool = False
     """no progress bars"""
+    portable: bool = False
+    """locomotion (not medium-replay): the behaviour policies act in float64, actions rounded to
+    float32, so the bytes do not depend on the CPU's BLAS kernels (docs/datasets.md); a different
+    build from the default one"""
 
     def run(self) -> int:
         from dql.builders.cli import build_command

@@ -5,6 +5,7 @@ the torch-only SAC actor, resumable SAC training and the CLI. Everything is writ
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,6 +142,64 @@ def test_medium_expert_is_medium_then_expert(
     mean_expert = np.mean([ep.rewards.sum() for ep in expert[:-1]])
     assert mean_expert > 1.5 * mean_medium
     assert both.storage.metadata["ref_max_score"] == hopper_medium.storage.metadata["ref_max_score"]
+
+
+@needs_hopper_policies
+def test_portable_build_is_the_same_policy_in_float64(
+    store: Path, hopper_medium: minari.MinariDataset
+) -> None:
+    name = "local/hopper/medium-portable-v0"
+    options = dict(size=SIZE, ref_episodes=REF_EPISODES, progress=False)
+    build_locomotion("hopper", "medium", portable=True, dataset_id_override=name, **options)
+    portable = minari.load_dataset(name)
+    assert "--portable" in portable.storage.metadata["description"]
+    default_first = next(hopper_medium.iterate_episodes())
+    portable_first = next(portable.iterate_episodes())
+    np.testing.assert_array_equal(default_first.observations[0], portable_first.observations[0])
+    # same policy, same noise: the first actions differ by float32 rounding at most
+    np.testing.assert_allclose(portable_first.actions[0], default_first.actions[0], atol=1e-6)
+    assert not np.array_equal(portable_first.actions, default_first.actions)
+    with pytest.raises(UserError, match="medium-replay"):
+        build_locomotion("hopper", "medium-replay", portable=True, progress=False)
+    assert dql_main(["data", "build", "pendulum-flip", "--portable"]) == 2
+
+
+ACTIONS_DIGEST = """
+import hashlib, sys
+import numpy as np
+from dql.builders.locomotion import PACKAGED_POLICIES
+from dql.builders.policy import load_policy
+policy = load_policy(PACKAGED_POLICIES / "hopper_medium.pt")
+policy = policy.in_float64() if sys.argv[1] == "portable" else policy
+rng = np.random.default_rng(0)
+actions = [policy.act(2 * rng.standard_normal(11), rng) for _ in range(3000)]
+print(hashlib.sha256(np.stack(actions).tobytes()).hexdigest())
+"""
+
+
+@needs_hopper_policies
+@pytest.mark.skipif(not torch.backends.mkl.is_available(), reason="MKL's code paths are the test")
+def test_portable_actions_do_not_depend_on_the_blas_code_path() -> None:
+    """MKL_CBWR picks MKL's kernels as another CPU would: float32 actions change, portable ones
+    must not (the cause of the per-CPU dataset builds in docs/datasets.md)."""
+    import subprocess
+    import sys
+
+    def digest(mode: str, cbwr: str | None) -> str:
+        env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+        env.update({"OMP_NUM_THREADS": "1"}, **({"MKL_CBWR": cbwr} if cbwr else {}))
+        done = subprocess.run(
+            [sys.executable, "-c", ACTIONS_DIGEST, mode],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    paths = (None, "COMPATIBLE", "SSE4_2")
+    assert len({digest("portable", path) for path in paths}) == 1
+    assert len({digest("float32", path) for path in paths}) > 1, "control: float32 should vary"
 
 
 def test_existing_dataset_needs_overwrite(hopper_random: minari.MinariDataset) -> None:

@@ -66,6 +66,8 @@ def build_command(args: DataBuildArgs) -> int:
         progress=not args.no_progress,
     )
     size = DEFAULT_SIZE if args.size is None else args.size  # pendulum: its behaviour's own
+    if args.portable and env in ("pendulum", "pointmaze"):
+        raise UserError("--portable is for locomotion datasets (their behaviour is a network)")
     if env == "pendulum":
         if args.train_steps is not None or args.chunk is not None:
             raise UserError("--train-steps and --chunk are not for pendulum datasets")
@@ -92,6 +94,7 @@ def build_command(args: DataBuildArgs) -> int:
             policy_dir=args.policy_dir,
             train_steps=args.train_steps,
             max_episode_steps=args.max_episode_steps,
+            portable=args.portable,
             **common,
         )
     print(report.summary())

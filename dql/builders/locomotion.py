@@ -497,8 +497,13 @@ def build_locomotion(
     max_episode_steps: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    portable: bool = False,
 ) -> BuildReport:
-    """Build `local/<env>/<quality>-v0` in the Minari store and return what was written."""
+    """Build `local/<env>/<quality>-v0` in the Minari store and return what was written.
+
+    `portable`: the behaviour policies act in float64, actions rounded to float32
+    (`Policy.in_float64`), so the bytes do not depend on the CPU's BLAS kernels; other bytes
+    than the default float32 build of the same command."""
     recipe = recipe_for(env)
     if quality not in QUALITIES:
         raise UserError(f"unknown quality {quality!r}; valid: {', '.join(QUALITIES)}")
@@ -510,6 +515,11 @@ def build_locomotion(
             raise UserError("--max-episode-steps does not apply to medium-replay (SAC's own env)")
     if train_steps is not None:
         check_positive("--train-steps", train_steps)
+    if portable and quality == "medium-replay":
+        raise UserError(
+            "--portable does not apply to medium-replay: its data is a SAC run's replay buffer, "
+            "and the training itself depends on the CPU's float32 kernels"
+        )
     started = time.time()
     name = dataset_id_override or dataset_id(env, quality)
     prepare_dataset_dir(name, overwrite)
@@ -521,6 +531,10 @@ def build_locomotion(
     action_space = gym.make(recipe.env_id).action_space
     random_act = uniform_policy(action_space)
 
+    def behaviour(level: str) -> Policy:
+        policy = ensure_policy(env, level, policy_dir, train_steps, progress)
+        return policy.in_float64() if portable else policy
+
     def collect(act: ActFn, label: str) -> list:
         return collect_episodes(
             recipe.env_id, act, size, seed, max_episode_steps, progress, f"{env} {label}"
@@ -530,9 +544,11 @@ def build_locomotion(
     if quality == "random":
         episodes = collect(random_act, "random")
         algorithm = "uniform random actions"
-        behaviour = f"{size:,} transitions of uniformly random actions"
+        described = f"{size:,} transitions of uniformly random actions"
         expert_path = find_policy(env, "expert", policy_dir)
         expert = load_policy(expert_path) if expert_path else None
+        if expert is not None and portable:
+            expert = expert.in_float64()
         if expert is None:
             print(
                 f"warning: no {env} expert policy in {policy_dir or default_policy_dir()} or the "
@@ -546,7 +562,7 @@ def build_locomotion(
         step = medium.meta["train_step"]
         episodes, used = replay_episodes(run_dir, step, action_space), [medium]
         algorithm = "SB3 SAC replay buffer"
-        behaviour = (
+        described = (
             f"the replay buffer of the SB3 SAC run ({run_dir.name}, rerun to the medium "
             f"checkpoint) over its first {step:,} steps, up to {_describe(medium)}"
         )
@@ -555,22 +571,22 @@ def build_locomotion(
         if quality == "medium-replay" and not (run_dir / "latest.zip").is_file():
             # The buffer exists only in a SAC run: the shipped policies cannot give it.
             train_behaviour_policies(env, policy_dir or default_policy_dir(), train_steps, progress)
-        expert = ensure_policy(env, "expert", policy_dir, train_steps, progress)
+        expert = behaviour("expert")
         if quality == "expert":
             episodes, used = collect(expert.act, "expert"), [expert]
             algorithm = "SB3 SAC (expert checkpoint), stochastic actions"
-            behaviour = f"{size:,} transitions sampled from {_describe(expert)}"
+            described = f"{size:,} transitions sampled from {_describe(expert)}"
         elif quality == "medium":
-            medium = ensure_policy(env, "medium", policy_dir, train_steps, progress)
+            medium = behaviour("medium")
             episodes, used = collect(medium.act, "medium"), [medium, expert]
             algorithm = "SB3 SAC (medium checkpoint), stochastic actions"
-            behaviour = f"{size:,} transitions sampled from {_describe(medium)}"
+            described = f"{size:,} transitions sampled from {_describe(medium)}"
         elif quality == "medium-expert":
-            medium = ensure_policy(env, "medium", policy_dir, train_steps, progress)
+            medium = behaviour("medium")
             med_eps = collect(medium.act, "medium")
             episodes, used = med_eps + collect(expert.act, "expert"), [medium, expert]
             algorithm = "SB3 SAC (medium then expert checkpoint), stochastic actions"
-            behaviour = (
+            described = (
                 f"episodes 0-{len(med_eps) - 1}: {size:,} transitions from {_describe(medium)}; "
                 f"episodes {len(med_eps)}-{len(episodes) - 1}: {size:,} transitions from "
                 f"{_describe(expert)} (the medium and expert datasets concatenated)"
@@ -580,7 +596,7 @@ def build_locomotion(
             step = medium.meta["train_step"]
             episodes, used = replay_episodes(run_dir, step, action_space), [medium, expert]
             algorithm = "SB3 SAC replay buffer"
-            behaviour = (
+            described = (
                 f"the replay buffer of the SB3 SAC run ({run_dir.name}) over its first "
                 f"{step:,} steps, up to the medium checkpoint {_describe(medium)}"
             )
@@ -594,7 +610,10 @@ def build_locomotion(
         f"{recipe.env_id} {quality}, built locally by dql {__version__} "
         f"(dql data build {env}-{quality}"
         + ("" if quality == "medium-replay" else f" --size {size} --seed {seed}")
-        + f"). Behaviour: {behaviour}. "
+        + (" --portable" if portable else "")
+        + f"). Behaviour: {described}"
+        + (" (policies in float64, actions rounded to float32)" if portable else "")
+        + ". "
         f"Episode i resets with seed {seed} + i (medium-replay: as trained). Truncations mark "
         f"time limits and the --size cut; terminations only where the env terminated. "
         f"Reference scores over {ref_episodes} episodes (reset seeds {REF_SEED} + i) in "

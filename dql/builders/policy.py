@@ -9,10 +9,17 @@ The actor (SB3 `sac.policies.Actor`, default, no gSDE):
     mu = W_mu h,  log_sigma = clip(W_sigma h, -20, 2)
     u = tanh(mu + sigma * eps),  eps ~ N(0, I)      (deterministic: eps = 0)
     a = low + (u + 1) / 2 * (high - low)            (SB3 `unscale_action`)
+
+`Policy.in_float64()` runs the same actor in float64 and rounds each action to float32: the
+BLAS kernels a CPU picks change float32 results in the last bit (and Hopper's contacts turn that
+into another trajectory), while a float64 result moves by ~1e-16, which the rounding removes
+except with probability ~1e-9 per action (measured: identical actions under MKL's default, AVX2,
+SSE4_2 and COMPATIBLE paths, where float32 gives two different results).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
@@ -73,10 +80,18 @@ class SquashedGaussianActor(nn.Module):
 class Policy:
     """A loaded behaviour policy: `act(obs, rng)` samples an action for one numpy observation."""
 
-    def __init__(self, actor: SquashedGaussianActor, meta: dict[str, Any], path: Path) -> None:
+    def __init__(
+        self, actor: SquashedGaussianActor, meta: dict[str, Any], path: Path, float64: bool = False
+    ) -> None:
         self.actor = actor.eval()
         self.meta = meta
         self.path = path
+        self.float64 = float64
+
+    def in_float64(self) -> Policy:
+        """The same policy computed in float64, its actions rounded to float32: CPU-portable."""
+        actor = copy.deepcopy(self.actor).double()
+        return Policy(actor, self.meta, self.path, float64=True)
 
     @property
     def name(self) -> str:
@@ -85,11 +100,14 @@ class Policy:
     def act(self, obs: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         """Sample from the stochastic policy with noise from `rng`; `rng=None` gives the mean."""
         noise = None
-        if rng is not None:
-            noise = torch.from_numpy(rng.standard_normal((1, self.actor.act_dim), dtype=np.float32))
+        dtype = torch.float64 if self.float64 else torch.float32
+        if rng is not None:  # float32 draws in both precisions: the same noise either way
+            draw = rng.standard_normal((1, self.actor.act_dim), dtype=np.float32)
+            noise = torch.from_numpy(draw).to(dtype)
         with torch.inference_mode():
-            obs_t = torch.as_tensor(obs, dtype=torch.float32).reshape(1, -1)
-            return self.actor(obs_t, noise)[0].numpy().astype(np.float64)
+            obs_t = torch.as_tensor(obs, dtype=dtype).reshape(1, -1)
+            action = self.actor(obs_t, noise)[0].to(torch.float32)
+            return action.numpy().astype(np.float64)
 
     def sha256(self) -> str:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()
