@@ -142,6 +142,7 @@ def train_one(spec: Any, out: Path, checkout: Path) -> dict[str, Any]:
     Agent, DataSampler = import_authors_code(checkout)
     name = f"{spec.algorithm}{SUFFIX}"
     run = RunDirectory(out / name / task_name(config.dataset) / f"seed_{config.seed}")
+    config = dataclasses.replace(config, run_dir=str(run.path))  # saved: where it really ran
     saved = run.path / "config.json"
     if saved.exists():  # a rerun continues only the run it started, as a training run does
         resumable = fields_with_role(type(config), "resumable")

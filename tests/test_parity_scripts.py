@@ -168,3 +168,7 @@ def test_a_rerun_after_a_stop_ends_as_an_uninterrupted_run(
     assert [r["step"] for r in whole] == [10, 20, 30]
     assert len({r["selection_loss"] for r in whole}) == 3  # it depends on weights and RNGs
     assert rows(stopped) == whole
+    saved = json.loads(
+        (stopped / "diffusion_ql_authors/pendulum-mixed/seed_3/config.json").read_text()
+    )
+    assert saved["config"]["run_dir"] == str(stopped / "diffusion_ql_authors/pendulum-mixed/seed_3")
