@@ -26,7 +26,8 @@ the script feeds the agent itself. What is theirs and what is ours:
 Settings their code cannot express (observation normalisation, EDP's approximation, argmax or
 EMA acting, other widths, a critic lr other than 3e-4, another number of backup actions) stop
 the run with an error naming them. The mean BC loss of each evaluation block is recorded as the
-row's `selection_loss`, as our runs record it.
+row's `selection_loss`, as our runs record it, and the block's mean critic and Q losses as
+`critic_loss` and `q_loss` (ours: the mean of metrics.csv's rows over the same steps).
 
 After every evaluation the agent (networks, EMA, targets, optimisers, step, torch and numpy
 RNG states) is saved to OUT/.../checkpoints/authors_STEP.pt (git-ignored); a rerun continues
@@ -226,6 +227,9 @@ def train_one(spec: Any, out: Path, checkout: Path) -> dict[str, Any]:
             "normalized_score": float(result.normalized_score),
             "return": float(result.mean_return),
             "selection_loss": float(np.mean(metric["bc_loss"])),
+            # the block's mean critic and Q losses, against the mean of our metrics.csv rows
+            "critic_loss": float(np.mean(metric["critic_loss"])),
+            "q_loss": float(np.mean(metric["ql_loss"])),
             "wall_time": time.perf_counter() - started,
             "episodes": result.episodes(),
         }

@@ -35,7 +35,7 @@ class Diffusion_QL:
                 self.actor.bias += 0.01 * torch.randn(self.action_dim) * np.random.uniform()
             losses.append(float(action.mean() + self.actor.bias.detach().sum()))
             self.step += 1
-        return {"bc_loss": losses}
+        return {"bc_loss": losses, "critic_loss": [2 * x for x in losses], "ql_loss": losses}
     def sample_action(self, state):
         return torch.tanh(self.actor.bias).detach().numpy()
 """
