@@ -148,8 +148,16 @@ def train_one(spec: Any, out: Path) -> dict[str, Any]:
     return summary
 
 
-def report(out: Path, ours: Path, suffix: str = SUFFIX, reference: str = "d3rlpy") -> str:
-    """Curves and equal-means tests of the runs in OUT named ALGORITHM{suffix} against ours."""
+def report(
+    out: Path,
+    ours: Path,
+    suffix: str = SUFFIX,
+    reference: str = "d3rlpy",
+    ours_label: str = "ours",
+    heading: str | None = None,
+) -> str:
+    """Curves and equal-means tests of the runs in OUT named ALGORITHM{suffix} against ours
+    (OUT/parity.md, OUT/curves_*.png); also any two variants of one algorithm (suffix "")."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,9 +169,10 @@ def report(out: Path, ours: Path, suffix: str = SUFFIX, reference: str = "d3rlpy
     theirs = collect_runs(out)
     mine = collect_runs(ours)
     lines = [
-        f"# Parity with {reference}",
+        heading or f"# Parity with {reference}",
         "",
-        f"Ours: `{ours}`; {reference}: `{out}` (same sweep configs, data and evaluation episodes).",
+        f"{ours_label.capitalize()}: `{ours}`; {reference}: `{out}` (same sweep configs, data "
+        "and evaluation episodes).",
         "Final = the last evaluation. Welch's t-test of equal means over seeds.",
         "",
     ]
@@ -185,14 +194,16 @@ def report(out: Path, ours: Path, suffix: str = SUFFIX, reference: str = "d3rlpy
                 "algorithm": base,
                 "task": task,
                 "seeds": ", ".join(map(str, seeds)),
-                f"steps (ours / {reference})": " / ".join("/".join(map(str, s)) for s in steps),
-                "ours final": cell(a) if len(a) else "-",
+                f"steps ({ours_label} / {reference})": " / ".join(
+                    "/".join(map(str, s)) for s in steps
+                ),
+                f"{ours_label} final": cell(a) if len(a) else "-",
                 f"{reference} final": cell(b),
                 "p (Welch)": f"{p:.3f}",
             }
         )
         fig, ax = plt.subplots(figsize=(6, 4))
-        for label, table, algo in (("ours", mine, base), (reference, theirs, algorithm)):
+        for label, table, algo in ((ours_label, mine, base), (reference, theirs, algorithm)):
             ev = table.evaluations
             ev = ev[(ev.algorithm == algo) & (ev.task == task) & ev.seed.isin(seeds)]
             curve = ev.groupby("step")["normalized_score"].agg(["mean", "std", "count"])
