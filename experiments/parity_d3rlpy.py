@@ -33,6 +33,7 @@ import dataclasses
 import importlib
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,19 +58,44 @@ from dql.training import _check_resume_config, fields_with_role, summarize  # no
 SUFFIX = "_d3rlpy"
 
 
+def reference_run(spec: Any, out: Path, suffix: str) -> tuple[Any, RunDirectory]:
+    """The sweep run's config and the reference's run directory, OUT/ALGORITHM{suffix}/TASK/
+    seed_N, which the saved config names; a rerun must have the config it started with."""
+    config = importlib.import_module(spec.module).Config(**spec.config)
+    path = out / f"{spec.algorithm}{suffix}" / task_name(config.dataset) / f"seed_{config.seed}"
+    config = dataclasses.replace(config, run_dir=str(path))
+    saved = path / "config.json"
+    if saved.exists():  # a rerun continues only the run it started, as a training run does
+        resumable = fields_with_role(type(config), "resumable")
+        _check_resume_config(read_json(saved)["config"], dataclasses.asdict(config), resumable)
+    return config, RunDirectory(path)
+
+
+def save_config(
+    run: RunDirectory, name: str, config: Any, reference: str, info: Any, ref_scores: Any
+) -> None:
+    """config.json of a reference run, as a training run writes it, naming the reference."""
+    atomic_write_json(
+        run.path / "config.json",
+        {
+            "algorithm": name,
+            "config": dataclasses.asdict(config),
+            "seed": config.seed,
+            "reference": reference,
+            "git_commit": git_commit(),
+            "dataset": info.to_dict(),
+            "ref_scores": list(ref_scores),
+        },
+    )
+
+
 def train_one(spec: Any, out: Path) -> dict[str, Any]:
     """d3rlpy's version of one sweep run; resumable at its evaluations."""
     import d3rlpy
     import torch
 
-    module = importlib.import_module(spec.module)
-    config = module.Config(**spec.config)
     name = spec.algorithm
-    run = RunDirectory(out / f"{name}{SUFFIX}" / task_name(config.dataset) / f"seed_{config.seed}")
-    saved = run.path / "config.json"
-    if saved.exists():  # a rerun continues only the run it started, as a training run does
-        resumable = fields_with_role(type(config), "resumable")
-        _check_resume_config(read_json(saved)["config"], dataclasses.asdict(config), resumable)
+    config, run = reference_run(spec, out, SUFFIX)
     if run.is_complete():
         return run.result()
     torch.set_num_threads(max(config.num_threads, 1))
@@ -88,18 +114,7 @@ def train_one(spec: Any, out: Path) -> dict[str, Any]:
     else:
         done, evals = 0, []
         (run.path / "eval.jsonl").unlink(missing_ok=True)
-    atomic_write_json(
-        run.path / "config.json",
-        {
-            "algorithm": f"{name}{SUFFIX}",
-            "config": dataclasses.asdict(config),
-            "seed": config.seed,
-            "reference": f"d3rlpy {d3rlpy.__version__}",
-            "git_commit": git_commit(),
-            "dataset": info.to_dict(),
-            "ref_scores": list(ref_scores),
-        },
-    )
+    save_config(run, f"{name}{SUFFIX}", config, f"d3rlpy {d3rlpy.__version__}", info, ref_scores)
     run.set_status("running", step=done)
     started = time.perf_counter() - (evals[-1]["wall_time"] if evals else 0.0)
     remaining = config.steps - done
@@ -229,32 +244,58 @@ def report(
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="parity_d3rlpy", description=__doc__.split("\n\n")[0])
+def parity_cli(
+    argv: list[str] | None,
+    *,
+    prog: str,
+    doc: str,
+    default_out: str,
+    train: Callable[[Any, Path, argparse.Namespace], dict[str, Any]],
+    suffix: str,
+    reference: str,
+    train_arguments: Callable[[argparse.ArgumentParser], None] = lambda parser: None,
+) -> int:
+    """`PROG train SWEEP --only GLOB` trains the reference's versions of sweep runs with
+    `train(spec, out, args)`; `PROG report --ours DIR` compares them with ours."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train d3rlpy's versions of sweep runs")
-    train.add_argument("sweep", help="sweep TOML file")
-    train.add_argument("--only", action="append", default=[], metavar="GLOB", required=True)
-    train.add_argument("--out", default="results/parity_d3rlpy")
+    train_parser = sub.add_parser("train", help=f"train {reference}'s versions of sweep runs")
+    train_parser.add_argument("sweep", help="sweep TOML file")
+    train_arguments(train_parser)
+    train_parser.add_argument("--only", action="append", default=[], metavar="GLOB", required=True)
+    train_parser.add_argument("--out", default=default_out)
     rep = sub.add_parser("report", help="overlay curves and test equal means")
     rep.add_argument("--ours", required=True, help="our sweep's output directory")
-    rep.add_argument("--out", default="results/parity_d3rlpy")
+    rep.add_argument("--out", default=default_out)
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:
         if args.command == "report":
-            print(report(out, Path(args.ours)))
+            print(report(out, Path(args.ours), suffix=suffix, reference=reference))
             return 0
         specs = select_runs(plan_runs(load_sweep(args.sweep), out), args.only)
-        results = [(spec, train_one(spec, out)) for spec in specs]
+        results = [(spec, train(spec, out, args)) for spec in specs]
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for spec, result in results:
         print(
-            f"{spec.key} (d3rlpy): final {result['final_score']:.1f}, best {result['best_score']:.1f}"
+            f"{spec.key} ({reference}): final {result['final_score']:.1f}, "
+            f"best {result['best_score']:.1f}"
         )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return parity_cli(
+        argv,
+        prog="parity_d3rlpy",
+        doc=__doc__,
+        default_out="results/parity_d3rlpy",
+        train=lambda spec, out, args: train_one(spec, out),
+        suffix=SUFFIX,
+        reference="d3rlpy",
+    )
 
 
 if __name__ == "__main__":

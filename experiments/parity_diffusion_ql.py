@@ -40,7 +40,6 @@ writes OUT/parity.md with Welch's t-test of equal means at the last evaluation.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import subprocess
 import sys
@@ -55,14 +54,13 @@ for path in (ROOT, ROOT / "experiments"):
     if str(path) not in sys.path:  # run as a script from anywhere
         sys.path.insert(0, str(path))
 
-from parity_d3rlpy import report  # noqa: E402
+from parity_d3rlpy import parity_cli, reference_run, save_config  # noqa: E402
 
-from dql.data import load_dataset, resolve_ref_scores, task_name  # noqa: E402
+from dql.data import load_dataset, resolve_ref_scores  # noqa: E402
 from dql.errors import UserError  # noqa: E402
 from dql.evaluation import evaluate  # noqa: E402
-from dql.runs import RunDirectory, atomic_write_json, git_commit, read_json  # noqa: E402
-from dql.sweep import load_sweep, plan_runs, select_runs  # noqa: E402
-from dql.training import _check_resume_config, fields_with_role, resolve_device, summarize  # noqa: E402
+from dql.runs import atomic_write_json  # noqa: E402
+from dql.training import resolve_device, summarize  # noqa: E402
 
 SUFFIX = "_authors"
 REFERENCE = "the authors' code"
@@ -137,17 +135,10 @@ def train_one(spec: Any, out: Path, checkout: Path) -> dict[str, Any]:
         raise UserError(
             f"{spec.key}: the authors' code is Diffusion-QL; this run is {spec.algorithm}"
         )
-    module = importlib.import_module(spec.module)
-    config = module.Config(**spec.config)
+    config, run = reference_run(spec, out, SUFFIX)
     check_expressible(config)
     Agent, DataSampler = import_authors_code(checkout)
     name = f"{spec.algorithm}{SUFFIX}"
-    run = RunDirectory(out / name / task_name(config.dataset) / f"seed_{config.seed}")
-    config = dataclasses.replace(config, run_dir=str(run.path))  # saved: where it really ran
-    saved = run.path / "config.json"
-    if saved.exists():  # a rerun continues only the run it started, as a training run does
-        resumable = fields_with_role(type(config), "resumable")
-        _check_resume_config(read_json(saved)["config"], dataclasses.asdict(config), resumable)
     if run.is_complete():
         return run.result()
     torch.set_num_threads(max(config.num_threads, 1))
@@ -194,18 +185,8 @@ def train_one(spec: Any, out: Path, checkout: Path) -> dict[str, Any]:
     else:
         done, evals = 0, []
         (run.path / "eval.jsonl").unlink(missing_ok=True)
-    atomic_write_json(
-        run.path / "config.json",
-        {
-            "algorithm": name,
-            "config": dataclasses.asdict(config),
-            "seed": config.seed,
-            "reference": f"{REFERENCE}, {checkout.resolve()} at {checkout_commit(checkout)}",
-            "git_commit": git_commit(),
-            "dataset": info.to_dict(),
-            "ref_scores": list(ref_scores),
-        },
-    )
+    reference = f"{REFERENCE}, {checkout.resolve()} at {checkout_commit(checkout)}"
+    save_config(run, name, config, reference, info, ref_scores)
     run.set_status("running", step=done)
     started = time.perf_counter() - (evals[-1]["wall_time"] if evals else 0.0)
 
@@ -253,36 +234,21 @@ def train_one(spec: Any, out: Path, checkout: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="parity_diffusion_ql", description=__doc__.split("\n\n")[0]
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train the authors' Diffusion-QL on sweep runs")
-    train.add_argument("sweep", help="sweep TOML file")
-    train.add_argument(
-        "--authors-code", required=True, type=Path, help="checkout of their repository"
-    )
-    train.add_argument("--only", action="append", default=[], metavar="GLOB", required=True)
-    train.add_argument("--out", default="results/parity_authors_dql")
-    rep = sub.add_parser("report", help="overlay curves and test equal means")
-    rep.add_argument("--ours", required=True, help="our sweep's output directory")
-    rep.add_argument("--out", default="results/parity_authors_dql")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    try:
-        if args.command == "report":
-            print(report(out, Path(args.ours), suffix=SUFFIX, reference=REFERENCE))
-            return 0
-        specs = select_runs(plan_runs(load_sweep(args.sweep), out), args.only)
-        results = [(spec, train_one(spec, out, args.authors_code)) for spec in specs]
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for spec, result in results:
-        print(
-            f"{spec.key} (authors): final {result['final_score']:.1f}, best {result['best_score']:.1f}"
+    def checkout_argument(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--authors-code", required=True, type=Path, help="checkout of their repository"
         )
-    return 0
+
+    return parity_cli(
+        argv,
+        prog="parity_diffusion_ql",
+        doc=__doc__,
+        default_out="results/parity_authors_dql",
+        train=lambda spec, out, args: train_one(spec, out, args.authors_code),
+        suffix=SUFFIX,
+        reference=REFERENCE,
+        train_arguments=checkout_argument,
+    )
 
 
 if __name__ == "__main__":
