@@ -214,7 +214,7 @@ def report(
                 ),
                 f"{ours_label} final": cell(a) if len(a) else "-",
                 f"{reference} final": cell(b),
-                "p (Welch)": f"{p:.3f}",
+                "p (Welch)": f"{p:.3f}" if np.isfinite(p) else "n/a (< 2 seeds a side)",
             }
         )
         fig, ax = plt.subplots(figsize=(6, 4))
