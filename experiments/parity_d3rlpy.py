@@ -163,16 +163,9 @@ def train_one(spec: Any, out: Path) -> dict[str, Any]:
     return summary
 
 
-def report(
-    out: Path,
-    ours: Path,
-    suffix: str = SUFFIX,
-    reference: str = "d3rlpy",
-    ours_label: str = "ours",
-    heading: str | None = None,
-) -> str:
+def report(out: Path, ours: Path, suffix: str = SUFFIX, reference: str = "d3rlpy") -> str:
     """Curves and equal-means tests of the runs in OUT named ALGORITHM{suffix} against ours
-    (OUT/parity.md, OUT/curves_*.png); also any two variants of one algorithm (suffix "")."""
+    (OUT/parity.md, OUT/curves_*.png)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -184,10 +177,9 @@ def report(
     theirs = collect_runs(out)
     mine = collect_runs(ours)
     lines = [
-        heading or f"# Parity with {reference}",
+        f"# Parity with {reference}",
         "",
-        f"{ours_label.capitalize()}: `{ours}`; {reference}: `{out}` (same sweep configs, data "
-        "and evaluation episodes).",
+        f"Ours: `{ours}`; {reference}: `{out}` (same sweep configs, data and evaluation episodes).",
         "Final = the last evaluation. Welch's t-test of equal means over seeds.",
         "",
     ]
@@ -209,16 +201,14 @@ def report(
                 "algorithm": base,
                 "task": task,
                 "seeds": ", ".join(map(str, seeds)),
-                f"steps ({ours_label} / {reference})": " / ".join(
-                    "/".join(map(str, s)) for s in steps
-                ),
-                f"{ours_label} final": cell(a) if len(a) else "-",
+                f"steps (ours / {reference})": " / ".join("/".join(map(str, s)) for s in steps),
+                "ours final": cell(a) if len(a) else "-",
                 f"{reference} final": cell(b),
                 "p (Welch)": f"{p:.3f}" if np.isfinite(p) else "n/a (< 2 seeds a side)",
             }
         )
         fig, ax = plt.subplots(figsize=(6, 4))
-        for label, table, algo in ((ours_label, mine, base), (reference, theirs, algorithm)):
+        for label, table, algo in (("ours", mine, base), (reference, theirs, algorithm)):
             ev = table.evaluations
             ev = ev[(ev.algorithm == algo) & (ev.task == task) & ev.seed.isin(seeds)]
             curve = ev.groupby("step")["normalized_score"].agg(["mean", "std", "count"])

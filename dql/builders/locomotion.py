@@ -531,9 +531,11 @@ def build_locomotion(
     action_space = gym.make(recipe.env_id).action_space
     random_act = uniform_policy(action_space)
 
-    def behaviour(level: str) -> Policy:
-        policy = ensure_policy(env, level, policy_dir, train_steps, progress)
+    def as_built(policy: Policy) -> Policy:  # --portable: the policy computed in float64
         return policy.in_float64() if portable else policy
+
+    def behaviour(level: str) -> Policy:
+        return as_built(ensure_policy(env, level, policy_dir, train_steps, progress))
 
     def collect(act: ActFn, label: str) -> list:
         return collect_episodes(
@@ -546,9 +548,7 @@ def build_locomotion(
         algorithm = "uniform random actions"
         described = f"{size:,} transitions of uniformly random actions"
         expert_path = find_policy(env, "expert", policy_dir)
-        expert = load_policy(expert_path) if expert_path else None
-        if expert is not None and portable:
-            expert = expert.in_float64()
+        expert = as_built(load_policy(expert_path)) if expert_path else None
         if expert is None:
             print(
                 f"warning: no {env} expert policy in {policy_dir or default_policy_dir()} or the "
