@@ -2,13 +2,14 @@
 
     results = train_batched_seeds(config, seeds=[0, 1, 2, 3, 4])   # result.json of each seed
 
-Why: an MLP step at batch 256 leaves a CPU (or a GPU) partly idle between small kernels; S
-seeds stacked into (S, ...) weights run as batched matmuls of S times the work per kernel.
+Why: an MLP step at batch 256 leaves a GPU mostly idle between small kernels; S seeds stacked
+into (S, ...) weights run as batched matmuls of S times the work per kernel. (On a CPU core the
+small matmuls already run near its rate: measured here, 5 batched seeds cost about 5 seeds' time.)
 
 How: one `dql.training.run_training` per seed, each in its own thread and exactly as a separate
 run (its data and replay buffer sampled by the seed's generator, logging, evaluation,
 checkpoints, resume, divergence and early-stopping handling, latency) except that its agent is
-a *view* of one batched agent (`Agent(..., seeds=[...])`, see dql.diffusion_ql). A view's
+a *view* of one batched agent (a `SeedStack`). A view's
 `update(batch)` hands its batch over and waits; once every running seed has handed one in, the
 main thread stacks them to (S, B, ...), takes one batched step and gives each view its seed's
 metrics. The loops advance in lockstep, and what they write is what S separate runs write:
@@ -23,21 +24,23 @@ loads into a normal agent (and the other way round).
 - Seeds resumed together must stand at the same step (they do if they were trained together);
   `run_batched` trains groups of equal steps one after another, and skips complete runs.
 
-An algorithm takes part in one of two ways:
-- Generic (`SeedStack`; BC, TD3+BC, IQL, CQL, BCQ): the algorithm file is written for one seed and marks
-  with `@per_seed` the methods that hold its maths (losses, targets, metrics: functions of a
-  batch and the agent's networks). The stack builds S normal agents, each as a run seeded s_k
-  builds it, and turns the first into all of them: every parameter and buffer becomes (S, ...)
-  (optimizers, schedulers and Polyak updates work on them unchanged, being elementwise), and a
-  `@per_seed` call runs as `torch.func.vmap` of `functional_call` over the seed dimension. The
-  update's choreography (zero_grad, backward, step) runs once for all seeds: a loss comes back
-  as (S,), so the algorithm writes `loss.sum().backward()` (seeds share no weight, so each gets
-  its own gradient; for one seed the sum is the loss itself). Noise in the update comes from one
-  generator of the stack (vmap's `randomness="different"`): seed k is then a run seeded k in
-  distribution, and equal to it where its update draws no noise.
-- Native: the agent class accepts `seeds=` and has `seed_state_dict(k)`,
-  `load_seed_state_dict(k, state)` and `act(observations, generator)` (Diffusion-QL, whose
-  seed dimension predates the stack and keeps each seed's own generator).
+How an algorithm takes part (`SeedStack`; every algorithm but the planners): the algorithm
+file is written for one seed and marks with `@per_seed` the methods that hold its maths (losses,
+targets, metrics: functions of a batch and the agent's networks). The stack builds S normal
+agents, each as a run seeded s_k builds it, and turns the first into all of them: every
+parameter and buffer becomes (S, ...) (optimizers, schedulers and Polyak updates work on them
+unchanged, being elementwise), and a `@per_seed` call runs as `torch.func.vmap` of
+`functional_call` over the seed dimension. The update's choreography (zero_grad, backward, step)
+runs once for all seeds: a loss comes back as (S,), so the algorithm writes
+`loss.sum().backward()` (seeds share no weight, so each gets its own gradient; for one seed the
+sum is the loss itself); `clip_grad_norm_` clips each seed's gradient by its own norm.
+Noise:
+- drawn inside a `@per_seed` method, it comes from one generator of the stack (vmap's
+  `randomness="different"`): seed k is then a run seeded k in distribution;
+- drawn by a `@per_seed_noise` method (every random number of an update, drawn before the
+  losses, as Diffusion-QL does), it comes from seed k's own stream, which starts where a run
+  seeded k's torch RNG stands after its agent is built: seed k then draws exactly the noise of
+  a normal run seeded k and equals it up to the rounding of batched matmuls.
 """
 
 from __future__ import annotations
@@ -87,30 +90,46 @@ def per_seed(method: F) -> F:
     return call  # type: ignore[return-value]
 
 
-def _native(agent_cls: type) -> bool:
-    methods = ("seed_state_dict", "load_seed_state_dict")
-    try:
-        takes_seeds = "seeds" in inspect.signature(agent_cls).parameters
-    except (TypeError, ValueError):
-        return False
-    return takes_seeds and all(callable(getattr(agent_cls, m, None)) for m in methods)
+def per_seed_noise(method: F) -> F:
+    """Mark an agent method that draws random numbers from torch's RNG for an update and does
+    nothing else (its outputs: tensors, or None, in lists, tuples and dicts). In a `SeedStack`
+    it runs once per seed from that seed's own RNG stream and its outputs are stacked (S, ...);
+    otherwise it is the plain call."""
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        stack = self.__dict__.get("_seed_stack")
+        if stack is None:
+            return method(self, *args, **kwargs)
+        return stack.draw_per_seed(method, args, kwargs)
+
+    return call  # type: ignore[return-value]
 
 
-def _generic(agent_cls: type) -> bool:
-    return any(getattr(getattr(agent_cls, n, None), "__per_seed__", False) for n in dir(agent_cls))
+@torch.no_grad()
+def clip_grad_norm_(agent: Any, module: nn.Module, max_norm: float) -> torch.Tensor:
+    """`torch.nn.utils.clip_grad_norm_` of `module`'s gradients (eps 1e-6), returning the norm
+    before clipping. In a `SeedStack` each seed's gradient is clipped by its own norm, and the
+    norms come back (S,)."""
+    stack = agent.__dict__.get("_seed_stack")
+    seeds = 1 if stack is None else stack.num_seeds
+    # seed k's rows are contiguous in every stacked gradient
+    grads = [p.grad.view(seeds, -1) for p in module.parameters() if p.grad is not None]
+    norms = torch.stack([g.square().sum(dim=1) for g in grads]).sum(dim=0).sqrt()
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_(grads, [scale[:, None]] * len(grads))
+    return norms[0] if stack is None else norms
 
 
 def supports_batched_seeds(agent_cls: type) -> bool:
-    """Whether `agent_cls` can train several seeds as one model."""
-    return _native(agent_cls) or _generic(agent_cls)
+    """Whether `agent_cls` can train several seeds as one model (it has `@per_seed` maths)."""
+    return any(getattr(getattr(agent_cls, n, None), "__per_seed__", False) for n in dir(agent_cls))
 
 
 def batched_agent(
     agent_cls: type, dims: tuple[int, int, float], config: Any, seeds: Sequence[int]
-) -> Any:
-    """One agent training `seeds` on (S, B, ...) batches: the class's own, or a `SeedStack`."""
-    if _native(agent_cls):
-        return agent_cls(*dims, config, seeds=seeds)
+) -> SeedStack:
+    """One agent training `seeds` on (S, B, ...) batches."""
     return SeedStack(agent_cls, dims, config, seeds)
 
 
@@ -139,9 +158,13 @@ class SeedStack:
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):  # the caller's RNG streams are left as they were
             agents = []
-            for seed in seeds:  # seed k's initial weights are those of a run seeded k
+            # seed k's initial weights are those of a run seeded k, and its own noise stream
+            # (`per_seed_noise`) goes on from where that run's torch RNG stands after them
+            self._seed_rng: list[dict[str, torch.Tensor]] = []
+            for seed in seeds:
                 seed_everything(int(seed))
                 agents.append(agent_cls(*dims, config))
+                self._seed_rng.append(_rng_state(agents[-1].device))
         random.setstate(py_state)
         np.random.set_state(np_state)
         # the stack's own (CPU) noise stream for updates, seeded by the group
@@ -198,7 +221,28 @@ class SeedStack:
                 agent.__dict__.update(saved)
                 call.fn = None
 
-        return torch.func.vmap(one_seed, randomness="different")(tensors, raw, args, kwargs)
+        # mapped over the seed dimension: every tensor argument (None and numbers pass as is)
+        in_dims = torch.utils._pytree.tree_map(
+            lambda x: 0 if isinstance(x, torch.Tensor) else None, (args, kwargs)
+        )
+        mapped = torch.func.vmap(one_seed, in_dims=(0, 0, *in_dims), randomness="different")
+        return mapped(tensors, raw, args, kwargs)
+
+    def draw_per_seed(self, method: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        """`method(agent, ...)` once per seed, from seed k's own RNG stream; outputs stacked."""
+        device = torch.device(self.device)
+        cuda = [device] if device.type == "cuda" else []
+        outputs = []
+        for k, state in enumerate(self._seed_rng):
+            with torch.random.fork_rng(devices=cuda):
+                torch.set_rng_state(state["cpu"])
+                if cuda:
+                    torch.cuda.set_rng_state(state["cuda"], device)
+                outputs.append(method(self.agent, *args, **kwargs))
+                self._seed_rng[k] = _rng_state(device)
+        return torch.utils._pytree.tree_map(
+            lambda *xs: None if xs[0] is None else torch.stack(xs), *outputs
+        )
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with torch.random.fork_rng(devices=[]):
@@ -213,6 +257,7 @@ class SeedStack:
         """Seed k as a normal agent's state_dict (loads into a normal agent)."""
         state = _select(self.agent.state_dict(), lambda t: t[k].clone(), self.num_seeds)
         state["seed_stack_rng"] = self._rng_state.clone()
+        state["seed_rng"] = {name: t.clone() for name, t in self._seed_rng[k].items()}
         return state
 
     def load_seed_state_dict(self, k: int, state: dict[str, Any]) -> None:
@@ -221,6 +266,16 @@ class SeedStack:
         self.agent.load_state_dict(merged)
         if "seed_stack_rng" in state:
             self._rng_state = state["seed_stack_rng"].clone()
+        if "seed_rng" in state:
+            self._seed_rng[k] = {name: t.cpu().clone() for name, t in state["seed_rng"].items()}
+
+
+def _rng_state(device: str | torch.device) -> dict[str, torch.Tensor]:
+    """torch's RNG state now: the CPU stream, and the device's when it is a GPU."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
 def _is_module_state(value: Any) -> bool:

@@ -22,9 +22,10 @@ from torch import nn
 from dql.errors import UserError
 
 _STATEFUL = (nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
-# What one seed's checkpoint of a batched run adds (dql.batched_seeds, Diffusion-QL's seeds=):
-# its noise stream. A normal agent loads the rest; its training loop restores torch's own RNG.
-SEED_BATCH_KEYS = ("seed_stack_rng", "generator", "generators")
+# What one seed's checkpoint of a batched run adds (dql.batched_seeds): its noise streams
+# ("generator", "generators": batched Diffusion-QL checkpoints from before the SeedStack). A
+# normal agent loads the rest; its training loop restores torch's own RNG.
+SEED_BATCH_KEYS = ("seed_stack_rng", "seed_rng", "generator", "generators")
 
 
 def _is_compiled(value: Any) -> bool:

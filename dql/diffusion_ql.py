@@ -57,14 +57,10 @@ Deliberate choices and deviations (see also the field docstrings):
   reward itself (a contextual bandit, used by experiments/toy_bandit.py).
 
 Speed and batched seeds (the maths above is unchanged by any of this):
-- Seed dimension. Every network holds its weights as (S, in, out) and runs as batched matmuls
-  (`dql.nets.EnsembleLinear`); the twin critics of S seeds are one ensemble of 2S members. A
-  normal run has S = 1 and takes (B, ...) batches; `DiffusionQL(..., seeds=[s_1..s_S])` trains S
-  independent seeds as one model on (S, B, ...) batches (`dql.batched_seeds` drives it). Losses
-  are computed per seed, shape (S,), and summed before backward: no parameter is shared, so each
-  seed's gradient is its own; Adam is elementwise; grad-norm clipping and the |Q| normaliser
-  are per seed. Seed k is initialised and draws its noise from its own generator exactly as a
-  single run seeded with k draws from torch's global RNG, so batching does not change a seed.
+- Written for one seed. `dql.batched_seeds.SeedStack` trains S seeds as one model: the losses
+  are `@per_seed` (vmap over stacked weights), the step's noise is `@per_seed_noise` (seed k
+  draws from its own stream exactly what a run seeded k draws), and `clip_grad_norm_` clips each
+  seed's gradient by its own norm. The twin critics are one ensemble of 2 (batched matmuls).
 - All random numbers of a step are drawn first (`draw_noise`); the two losses are then pure
   functions of (batch, noise), which `torch.compile` compiles (`compile`, for runs of at least
   COMPILE_MIN_STEPS steps, where the minute or two of compilation is repaid). The optimisers
@@ -86,18 +82,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from dql.batched_seeds import clip_grad_norm_, per_seed, per_seed_noise
 from dql.buffer import Batch
 from dql.cli import run_cli
 from dql.diffusion import BetaSchedule, Diffusion, sinusoidal_embedding
 from dql.errors import ConfigError
 from dql.nets import (
-    EnsembleLinear,
-    EnsembleMLP,
+    CriticEnsemble,
     Mish,
     Precision,
     autocast,
     hard_update,
     make_optimizer,
+    mlp,
     polyak_update,
 )
 from dql.training import Checkpointed, TrainConfig, resolve_device, run_training, spec
@@ -181,11 +178,9 @@ Config = DiffusionQLConfig
 
 
 class Denoiser(nn.Module):
-    """eps_theta(x_i, i, s) of S seeds at once: sinusoidal time embedding (16) -> Linear 32 ->
-    Mish -> Linear 16; concat(x_i, t_emb, s) -> per width (Linear + Mish) -> Linear(action_dim).
-
-    Inputs (S, B, .) give outputs (S, B, action_dim), seed k through its own weights; with
-    S = 1, inputs (B, .) give (B, action_dim). t is per row, (S, B) or (B,), or shared, (1,)."""
+    """eps_theta(x_i, i, s): sinusoidal time embedding (16) -> Linear 32 -> Mish -> Linear 16;
+    concat(x_i, t_emb, s) -> per width (Linear + Mish) -> Linear(action_dim). x_i (B, A), s
+    (B, obs); t per row (B,) or shared by every row (1,)."""
 
     def __init__(
         self,
@@ -193,76 +188,26 @@ class Denoiser(nn.Module):
         action_dim: int,
         hidden: Sequence[int] = (256, 256, 256),
         time_dim: int = 16,
-        num_seeds: int = 1,
     ) -> None:
         super().__init__()
-        self.time_dim, self.num_seeds = time_dim, num_seeds
-
-        def linear(in_dim: int, out_dim: int) -> EnsembleLinear:
-            return EnsembleLinear(in_dim, out_dim, num_seeds)
-
+        self.time_dim = time_dim
         self.time_mlp = nn.Sequential(
-            linear(time_dim, time_dim * 2), Mish(), linear(time_dim * 2, time_dim)
+            nn.Linear(time_dim, time_dim * 2), Mish(), nn.Linear(time_dim * 2, time_dim)
         )
-        widths = [action_dim + time_dim + observation_dim, *hidden]
-        layers: list[nn.Module] = []
-        for in_dim, out_dim in zip(widths[:-1], widths[1:]):
-            layers += [linear(in_dim, out_dim), Mish()]
-        self.body = nn.Sequential(*layers, linear(widths[-1], action_dim))
+        self.body = mlp(action_dim + time_dim + observation_dim, action_dim, hidden, act="mish")
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        t_emb = sinusoidal_embedding(t, self.time_dim)  # (1, 16) for a shared step, else (..., 16)
-        unbatched = x.dim() == 2  # (B, .): one seed
-        if unbatched:
-            x, state, t_emb = x[None], state[None], t_emb[None]
-        seeds, rows = x.shape[0], x.shape[1]
-        if t_emb.dim() == 2:  # a shared step is embedded once and broadcast over the rows
-            t_emb = t_emb.expand(seeds, 1, self.time_dim)
-        t_emb = self.time_mlp(t_emb).expand(seeds, rows, self.time_dim)
-        eps = self.body(torch.cat([x, t_emb, state], dim=-1)).float()  # fp32 under autocast
-        return eps[0] if unbatched else eps
+        # a shared step is embedded once and broadcast over the rows
+        t_emb = self.time_mlp(sinusoidal_embedding(t, self.time_dim))
+        t_emb = t_emb.expand(*x.shape[:-1], self.time_dim)
+        return self.body(torch.cat([x, t_emb, state], dim=-1)).float()  # fp32 under autocast
 
 
-class TwinCritic(nn.Module):
-    """Q_1, Q_2 on concat(s, a), per width (Linear + Mish) -> Linear 1, for S seeds: one
-    ensemble of 2S members ordered (seed, critic). (S, B, .) -> (S, 2, B); (B, .) -> (2, B)."""
-
-    def __init__(
-        self,
-        observation_dim: int,
-        action_dim: int,
-        hidden: Sequence[int] = (256, 256, 256),
-        num_seeds: int = 1,
-    ) -> None:
-        super().__init__()
-        self.net = EnsembleMLP(
-            observation_dim + action_dim, 1, 2 * num_seeds, tuple(hidden), act="mish"
-        )
-
-    def forward(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([state, action], dim=-1)
-        unbatched = x.dim() == 2
-        if unbatched:
-            x = x[None]
-        seeds, rows, width = x.shape
-        both = x[:, None].expand(seeds, 2, rows, width).reshape(2 * seeds, rows, width)
-        q = self.net(both).float().view(seeds, 2, rows)  # the losses in fp32 under autocast
-        return q[0] if unbatched else q
-
-    def min(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """min(Q_1, Q_2): (S, B) or (B,)."""
-        return self(state, action).amin(dim=-2)
-
-    def one(self, state: torch.Tensor, action: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
-        """Only Q_{which[k] + 1} of each seed k, on (S, B, .) inputs: (S, B); which (S,)."""
-        x = torch.cat([state, action], dim=-1)
-        members = 2 * torch.arange(x.shape[0], device=x.device) + which
-        for layer in self.net.net:
-            if isinstance(layer, EnsembleLinear):
-                x = torch.baddbmm(layer.bias[members], x, layer.weight[members])
-            else:
-                x = layer(x)
-        return x.squeeze(-1).float()
+def twin_critic(
+    observation_dim: int, action_dim: int, hidden: Sequence[int] = (256, 256, 256)
+) -> CriticEnsemble:
+    """Q_1, Q_2 on concat(s, a), per width (Linear + Mish) -> Linear 1: (B, .) -> (2, B)."""
+    return CriticEnsemble(observation_dim, action_dim, 2, tuple(hidden), act="mish")
 
 
 def make_actor(
@@ -272,11 +217,10 @@ def make_actor(
     hidden: Sequence[int] = (256, 256, 256),
     n_timesteps: int = 5,
     beta_schedule: str = "vp",
-    num_seeds: int = 1,
     time_dim: int = 16,
 ) -> Diffusion:
-    """The diffusion policy pi_theta(a | s) (of S seeds)."""
-    denoiser = Denoiser(observation_dim, action_dim, hidden, time_dim, num_seeds)
+    """The diffusion policy pi_theta(a | s)."""
+    denoiser = Denoiser(observation_dim, action_dim, hidden, time_dim)
     return Diffusion(denoiser, action_dim, max_action, n_timesteps, beta_schedule)
 
 
@@ -321,83 +265,48 @@ def _lr_schedule(
 
 
 class DiffusionQL(Checkpointed):
-    """The Diffusion-QL learner: `update(batch)` is one critic step and one actor step.
-
-    `seeds=None` is a normal run (S = 1, torch's global RNG, (B, ...) batches); `seeds=[...]`
-    trains those seeds as one model on (S, B, ...) batches, seed k with its own generator."""
+    """The Diffusion-QL learner: `update(batch)` is one critic step and one actor step."""
 
     selection_metric = "bc_loss"
     extra_state = ("step",)
 
     def __init__(
-        self,
-        observation_dim: int,
-        action_dim: int,
-        max_action: float,
-        config: DiffusionQLConfig,
-        seeds: Sequence[int] | None = None,
+        self, observation_dim: int, action_dim: int, max_action: float, config: DiffusionQLConfig
     ) -> None:
-        self.config = config
+        cfg = self.config = config
         self.device = torch.device(resolve_device(config.device))
         self.observation_dim, self.action_dim = observation_dim, action_dim
         self.max_action = max_action
-        self.seeds = None if seeds is None else [int(s) for s in seeds]
-        self.num_seeds = 1 if seeds is None else len(self.seeds)
-        self.actor, self.critic = self._networks(self.num_seeds)
-        # one generator per seed; None: torch's global RNG (a normal run, seeded by the loop)
-        self.generators: list[torch.Generator | None] = [None]
-        if self.seeds is not None:  # seed k draws weights and noise as a run seeded k would
-            self.generators = []
-            for k, seed in enumerate(self.seeds):
-                with torch.random.fork_rng():
-                    torch.manual_seed(seed)
-                    self._copy_into_seed(k, *self._networks(1))
-                    self.generators.append(torch.Generator(device=self.device))
-                    if self.device.type == "cpu":  # the CPU stream continues after the init
-                        self.generators[-1].set_state(torch.get_rng_state())
-                    else:
-                        self.generators[-1].manual_seed(seed)
-        self.actor.to(self.device)
-        self.critic.to(self.device)
+        self.actor = make_actor(
+            observation_dim,
+            action_dim,
+            max_action,
+            cfg.hidden,
+            cfg.n_timesteps,
+            cfg.beta_schedule,
+            cfg.time_dim,
+        ).to(self.device)
+        self.critic = twin_critic(observation_dim, action_dim, cfg.hidden).to(self.device)
         self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_optimizer = make_optimizer(self.actor.parameters(), config.actor_lr)
-        self.critic_optimizer = make_optimizer(self.critic.parameters(), config.critic_lr)
+        self.actor_optimizer = make_optimizer(self.actor.parameters(), cfg.actor_lr)
+        self.critic_optimizer = make_optimizer(self.critic.parameters(), cfg.critic_lr)
         # lr_decay off: a constant schedule, so the state layout is the same either way
-        horizon = max(config.steps, 1) if config.lr_decay else None
+        horizon = max(cfg.steps, 1) if cfg.lr_decay else None
         self.actor_scheduler = _lr_schedule(self.actor_optimizer, horizon)
         self.critic_scheduler = _lr_schedule(self.critic_optimizer, horizon)
         self.step = 0
-        self.compiled = config.compile and config.steps >= COMPILE_MIN_STEPS
+        self.compiled = cfg.compile and cfg.steps >= COMPILE_MIN_STEPS
         self._critic_loss = torch.compile(self.critic_loss) if self.compiled else self.critic_loss
         self._actor_loss = torch.compile(self.actor_loss) if self.compiled else self.actor_loss
 
-    def _networks(self, num_seeds: int) -> tuple[Diffusion, TwinCritic]:
-        cfg, hidden = self.config, self.config.hidden
-        actor = make_actor(
-            self.observation_dim,
-            self.action_dim,
-            self.max_action,
-            hidden,
-            cfg.n_timesteps,
-            cfg.beta_schedule,
-            num_seeds,
-            cfg.time_dim,
-        )
-        return actor, TwinCritic(self.observation_dim, self.action_dim, hidden, num_seeds)
-
-    @torch.no_grad()
-    def _copy_into_seed(self, k: int, actor: Diffusion, critic: TwinCritic) -> None:
-        for mine, single in ((self.actor, actor), (self.critic, critic)):
-            for param, value in zip(mine.parameters(), single.parameters()):
-                _seed_rows(param, k, self.num_seeds).copy_(value)
-
     # ------------------------------------------------------------------ the losses
 
-    def draw_noise(self, batch_size: int) -> dict[str, torch.Tensor]:
-        """Every random number of one step, (S, ...) each, seed k's from its generator:
-        x_T and the z's of the target chain and of the actor's chain, the steps and noise of
-        L_bc, and the coin that picks which critic L_q maximises."""
+    @per_seed_noise
+    def draw_noise(self, batch_size: int) -> dict[str, torch.Tensor | None]:
+        """Every random number of one step: x_T and the z's of the target chain and of the
+        actor's chain, the steps and noise of L_bc, and the coin that picks which critic L_q
+        maximises."""
         cfg = self.config
         steps, act, rows = cfg.n_timesteps, self.action_dim, batch_size
         target_rows = rows * cfg.num_backup_actions if cfg.max_q_backup else rows
@@ -406,26 +315,17 @@ class DiffusionQL(Checkpointed):
             steps * rows * act if cfg.eta > 0 and cfg.q_gradient == "chain" else 0,  # actor chain
             rows * act,  # L_bc noise
         ]
-        normal = _stack(
-            [torch.randn(sum(sizes), generator=g, device=self.device) for g in self.generators]
-        )
-        uniform = _stack(
-            [torch.rand(rows + 1, generator=g, device=self.device) for g in self.generators]
-        )
-        target, chain, bc = normal.split(sizes, dim=1)
-        seeds = self.num_seeds
-        noise = {
-            "bc_noise": bc.view(seeds, rows, act),
-            "bc_steps": (uniform[:, :rows] * steps).long().clamp_(max=steps - 1),
-            "critic_pick": (uniform[:, rows] < 0.5).long(),  # 1: maximise Q_2, scale by Q_1
-            "target_chain": None,  # a chain that is not run (discount 0, eta 0) gets none
-            "actor_chain": None,
+        normal = torch.randn(sum(sizes), device=self.device)
+        uniform = torch.rand(rows + 1, device=self.device)
+        target, chain, bc = normal.split(sizes)
+        return {
+            "bc_noise": bc.view(rows, act),
+            "bc_steps": (uniform[:rows] * steps).long().clamp_(max=steps - 1),
+            "critic_pick": (uniform[rows] < 0.5).long(),  # 1: maximise Q_2, scale by Q_1
+            # (T, rows, A): noise[j] for the j-th reverse step; none for a chain not run
+            "target_chain": target.view(steps, target_rows, act) if sizes[0] else None,
+            "actor_chain": chain.view(steps, rows, act) if sizes[1] else None,
         }
-        if sizes[0]:  # (T, S, rows, A): noise[j] for the j-th reverse step
-            noise["target_chain"] = target.view(seeds, steps, target_rows, act).transpose(0, 1)
-        if sizes[1]:
-            noise["actor_chain"] = chain.view(seeds, steps, rows, act).transpose(0, 1)
-        return noise
 
     @torch.no_grad()
     def td_target(
@@ -436,46 +336,45 @@ class DiffusionQL(Checkpointed):
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """y = r + gamma (1 - d) min_k Q'_k(s', a'), a' ~ pi_ema(. | s'); with max_q_backup
-        min_k max_j Q'_k(s', a'_j) over `num_backup_actions` a'_j per s'. (S, B) or (B,);
-        `noise` is the target chain's (draw_noise), torch's RNG when None."""
+        min_k max_j Q'_k(s', a'_j) over `num_backup_actions` a'_j per s'. (B,); `noise` is
+        the target chain's (draw_noise), torch's RNG when None."""
         cfg = self.config
         if cfg.discount == 0:  # a contextual bandit (the toy): Q regresses on r
             return reward
         repeats = cfg.num_backup_actions if cfg.max_q_backup else 1
-        next_state_rpt = next_state.repeat_interleave(repeats, dim=-2)  # (..., B*K, obs)
-        if noise is None:
-            next_action = self.ema_actor.sample(next_state_rpt)
-        else:
-            next_action = self.ema_actor.sample(next_state_rpt, noise)
-        next_q = self.critic_target(next_state_rpt, next_action)  # (..., 2, B*K)
-        next_q = next_q.unflatten(-1, (next_state.shape[-2], repeats)).amax(-1).amin(-2)
+        next_state_rpt = next_state.repeat_interleave(repeats, dim=0)  # (B*K, obs)
+        next_action = self.ema_actor.sample(next_state_rpt, noise)  # noise None: torch's RNG
+        next_q = self.critic_target(next_state_rpt, next_action)  # (2, B*K)
+        next_q = next_q.unflatten(-1, (next_state.shape[0], repeats)).amax(-1).amin(0)
         return reward + cfg.discount * (1.0 - terminal) * next_q
 
+    @per_seed
     def critic_loss(
         self, batch: Batch, noise: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """sum_k E (Q_k(s, a) - y)^2 per seed: (S,), and metrics."""
+        """sum_k E (Q_k(s, a) - y)^2, and metrics."""
         target = self.td_target(
             batch["rewards"],
             batch["next_observations"],
             batch["terminals"],
             noise["target_chain"],
         )
-        current_q = self.critic(batch["observations"], batch["actions"])  # (S, 2, B)
-        loss = (current_q - target[:, None]).square().mean(dim=-1).sum(dim=-1)
-        return loss, {"q_mean": current_q.detach().mean((1, 2)), "target_q_mean": target.mean(1)}
+        current_q = self.critic(batch["observations"], batch["actions"])  # (2, B)
+        loss = (current_q - target).square().mean(dim=-1).sum()
+        return loss, {"q_mean": current_q.detach().mean(), "target_q_mean": target.mean()}
 
+    @per_seed
     def actor_loss(
         self, batch: Batch, noise: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """L_bc + eta L_q per seed: (S,), and metrics. L_q's action comes through the whole
-        reverse chain (chain) or from L_bc's own denoiser pass (approx); the critic's weights
-        are frozen by the caller (L_q needs dQ/da only)."""
+        """L_bc + eta L_q, and metrics. L_q's action comes through the whole reverse chain
+        (chain) or from L_bc's own denoiser pass (approx); the critic's weights are frozen by
+        the caller (L_q needs dQ/da only)."""
         cfg = self.config
         state, action = batch["observations"], batch["actions"]
         steps, bc_noise = noise["bc_steps"], noise["bc_noise"]
         if cfg.eta == 0:  # Diffusion-BC: no sampling chain
-            bc_loss = self.actor.loss(action, state, steps, bc_noise)  # (S,)
+            bc_loss = self.actor.loss(action, state, steps, bc_noise)
             # The loss is bc_loss itself: `bc_loss + 0 * zeros` compiles (torch 2.13) to an
             # output that has lost its grad_fn once its detached copy is also returned.
             q_loss, actor_loss = torch.zeros_like(bc_loss), bc_loss
@@ -488,10 +387,10 @@ class DiffusionQL(Checkpointed):
                 bc_loss = self.actor.loss(action, state, steps, bc_noise)
                 new_action = self.actor.sample(state, noise["actor_chain"])
             # one critic is maximised, the other (detached) sets the scale
-            pick = noise["critic_pick"]  # (S,)
-            q_maximised = self.critic.one(state, new_action, pick).mean(-1)
+            pick = noise["critic_pick"]
+            q_maximised = self.critic.member(pick, state, new_action).mean()
             with torch.no_grad():  # no backward through the scale's critic
-                q_scale = self.critic.one(state, new_action, 1 - pick).abs().mean(-1)
+                q_scale = self.critic.member(1 - pick, state, new_action).abs().mean()
             q_loss = -q_maximised / q_scale
             actor_loss = bc_loss + cfg.eta * q_loss
         metrics = {"bc_loss": bc_loss.detach(), "q_loss": q_loss.detach()}
@@ -500,16 +399,13 @@ class DiffusionQL(Checkpointed):
     # ------------------------------------------------------------------ the step
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
-        unbatched = batch["observations"].dim() == 2  # (B, .): one seed, scalar metrics
-        if unbatched:
-            batch = {k: v[None] for k, v in batch.items()}
-        noise = self.draw_noise(batch["observations"].shape[1])
+        noise = self.draw_noise(batch["rewards"].shape[-1])
 
         # ---- critic: sum_k E (Q_k(s, a) - y)^2
         with self._precision():
             critic_loss, metrics = self._critic_loss(batch, noise)
         self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.sum().backward()  # seeds share no weight: each gets its own gradient
+        critic_loss.sum().backward()  # the sum of batched seeds' losses (one seed: the loss)
         critic_grad_norm = self._clip(self.critic)
         self.critic_optimizer.step()
 
@@ -539,23 +435,16 @@ class DiffusionQL(Checkpointed):
         if critic_grad_norm is not None:
             metrics["critic_grad_norm"] = critic_grad_norm
             metrics["actor_grad_norm"] = actor_grad_norm
-        return {k: v[0] for k, v in metrics.items()} if unbatched else metrics
+        return metrics
 
     def _precision(self) -> torch.autocast:
         return autocast(self.config.precision, self.device)
 
-    @torch.no_grad()
     def _clip(self, module: nn.Module) -> torch.Tensor | None:
-        """Clip each seed's gradient to norm `grad_norm` (as clip_grad_norm_ does for one
-        network); returns the norms before clipping, (S,)."""
+        """Clip the gradient to norm `grad_norm`; the norm before clipping (None: no clip)."""
         if self.config.grad_norm <= 0:
             return None
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
-        per_seed = [g.view(self.num_seeds, -1) for g in grads]  # seed k's rows are contiguous
-        norms = torch.stack([g.square().sum(dim=1) for g in per_seed]).sum(dim=0).sqrt()
-        scale = (self.config.grad_norm / (norms + 1e-6)).clamp(max=1.0)
-        torch._foreach_mul_(per_seed, [scale[:, None]] * len(per_seed))
-        return norms
+        return clip_grad_norm_(self, module, self.config.grad_norm)
 
     # ------------------------------------------------------------------ acting
 
@@ -576,115 +465,6 @@ class DiffusionQL(Checkpointed):
         noise from `generator`, by default torch's global RNG."""
         state = torch.as_tensor(observations, dtype=torch.float32, device=self.device)
         return self.policy_module()(state, generator).cpu().numpy()
-
-    # ------------------------------------------------------------------ checkpoints
-
-    # Checkpointed saves the modules, optimisers, schedulers and `step`; batched seeds add
-    # each seed's sampling generator.
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        if self.seeds is not None:
-            state["generators"] = [g.get_state() for g in self.generators]
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        generators = state.get("generators")
-        super().load_state_dict(state)  # which leaves the generators (SEED_BATCH_KEYS) to us
-        if self.seeds is not None and generators is not None:
-            for generator, saved in zip(self.generators, generators):
-                generator.set_state(saved.cpu())
-
-    def seed_state_dict(self, k: int) -> dict[str, Any]:
-        """Seed k of a batched model as a normal run's state_dict (loads into seeds=None),
-        plus its generator's state."""
-        state = {
-            name: _module_rows(getattr(self, name), k, self.num_seeds)
-            for name in ("actor", "ema_actor", "critic", "critic_target")
-        }
-        for name in ("actor", "critic"):
-            optimizer = getattr(self, f"{name}_optimizer")
-            params = list(getattr(self, name).parameters())
-            state[f"{name}_optimizer"] = _optimizer_rows(optimizer, params, k, self.num_seeds)
-            state[f"{name}_scheduler"] = getattr(self, f"{name}_scheduler").state_dict()
-        state["step"] = self.step
-        if self.seeds is not None:
-            state["generator"] = self.generators[k].get_state()
-        return state
-
-    @torch.no_grad()
-    def load_seed_state_dict(self, k: int, state: dict[str, Any]) -> None:
-        """Inverse of `seed_state_dict`: a normal run's state into seed k (a resumed seed)."""
-        for name in ("actor", "ema_actor", "critic", "critic_target"):
-            module = getattr(self, name)
-            for param_name, param in module.named_parameters():
-                _seed_rows(param, k, self.num_seeds).copy_(state[name][param_name])
-        for name in ("actor", "critic"):
-            optimizer = getattr(self, f"{name}_optimizer")
-            params = list(getattr(self, name).parameters())
-            _load_optimizer_rows(optimizer, params, k, self.num_seeds, state[f"{name}_optimizer"])
-            getattr(self, f"{name}_scheduler").load_state_dict(state[f"{name}_scheduler"])
-        self.step = int(state["step"])
-        if self.seeds is not None and "generator" in state:
-            self.generators[k].set_state(state["generator"].cpu())
-
-
-def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
-
-
-def _seed_rows(tensor: torch.Tensor, k: int, num_seeds: int) -> torch.Tensor:
-    """Seed k's members along dim 0 (1 per seed in the actor, 2 in the twin critic)."""
-    members = tensor.shape[0] // num_seeds
-    return tensor[k * members : (k + 1) * members]
-
-
-def _module_rows(module: nn.Module, k: int, num_seeds: int) -> dict[str, torch.Tensor]:
-    """A module's state_dict with every parameter cut to seed k (buffers are shared)."""
-    params = dict(module.named_parameters())
-    return {
-        name: (_seed_rows(value, k, num_seeds) if name in params else value).clone()
-        for name, value in module.state_dict().items()
-    }
-
-
-def _optimizer_rows(
-    optimizer: torch.optim.Optimizer, params: list[nn.Parameter], k: int, num_seeds: int
-) -> dict[str, Any]:
-    """An Adam state_dict with every per-parameter tensor cut to seed k."""
-    saved = optimizer.state_dict()
-    state = {}
-    for index, param in enumerate(params):
-        entries = saved["state"].get(index, {})
-        state[index] = {
-            name: _seed_rows(v, k, num_seeds).clone() if v.shape == param.shape else v.clone()
-            for name, v in entries.items()
-        }
-    return {"state": state, "param_groups": copy.deepcopy(saved["param_groups"])}
-
-
-def _load_optimizer_rows(
-    optimizer: torch.optim.Optimizer,
-    params: list[nn.Parameter],
-    k: int,
-    num_seeds: int,
-    saved: dict[str, Any],
-) -> None:
-    for group, saved_group in zip(optimizer.param_groups, saved["param_groups"]):
-        group.update({k: v for k, v in saved_group.items() if k != "params"})  # lr, betas
-    group = optimizer.param_groups[0]
-    for index, param in enumerate(params):
-        entries = saved["state"].get(index)
-        if not entries:
-            continue
-        state = optimizer.state[param]
-        for name, value in entries.items():
-            if value.dim() == 0:  # Adam's step count: the same for every seed
-                on_device = group.get("fused") or group.get("capturable")
-                state[name] = value.clone().to(param.device if on_device else "cpu")
-            else:
-                if name not in state:
-                    state[name] = torch.zeros_like(param)
-                _seed_rows(state[name], k, num_seeds).copy_(value)
 
 
 Agent = DiffusionQL

@@ -48,22 +48,34 @@ def _tanh_softplus(x: torch.Tensor) -> torch.Tensor:
 
 
 class _MishFunction(torch.autograd.Function):
+    generate_vmap_rule = True  # batched seeds (dql.batched_seeds) run it under torch.func.vmap
+
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         e = x.clamp(max=20.0).exp()
         n = e * (e + 2.0)
         r = 1.0 / (n + 2.0)
         t = n * r  # tanh(softplus(x))
         # The derivative, saved instead of (x, t): one tensor kept, one exp, backward one multiply.
         # d/dx [x tanh(softplus(x))] = t + x sigmoid(x) (1 - t^2) = t + 4 x e (1 + e) r^2
-        ctx.save_for_backward(t + 4.0 * x * e * (1.0 + e) * r * r)
-        return x * t
+        return x * t, t + 4.0 * x * e * (1.0 + e) * r * r
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        ctx.save_for_backward(output[1])
+        ctx.mark_non_differentiable(output[1])
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # saved without a graph: no 2nd order
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx: Any, grad: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
         (derivative,) = ctx.saved_tensors
         return grad * derivative
+
+
+def _traced_for_grad(x: torch.Tensor) -> bool:
+    """Whether autograd records x: its requires_grad, or inside vmap (batched seeds), where a
+    batched tensor reports requires_grad False whatever the outer autograd records."""
+    return x.requires_grad or torch._C._functorch.is_batchedtensor(x)
 
 
 class Mish(nn.Module):
@@ -72,8 +84,8 @@ class Mish(nn.Module):
     gradients it runs as plain ops (so TorchScript tracing records ordinary ops)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
-            return _MishFunction.apply(x)
+        if torch.is_grad_enabled() and _traced_for_grad(x):
+            return _MishFunction.apply(x)[0]
         return x * _tanh_softplus(x)
 
 

@@ -19,8 +19,7 @@ What is measured, per algorithm, at paper settings (batch 256, hidden 256, Hoppe
   (a free policy: the env's share; 10 act(1) / act(10): the policy's share);
 - peak memory of training steps (resident-set high-water mark over the steps, CUDA:
   max_memory_allocated);
-- every algorithm that batches seeds (Diffusion-QL natively; BC, TD3+BC, IQL through the
-  generic stack): 5 seeds trained as one batched model against 1 seed, per gradient step,
+- every algorithm that batches seeds (through the generic stack, dql.batched_seeds): 5 seeds trained as one batched model against 1 seed, per gradient step,
   compiled or not (Diffusion-QL), fp32 or bf16, at 1 thread and at every core.
 
 The file is split by role: this one measures; experiments/eager_diffusion_ql.py is the eager
@@ -606,8 +605,8 @@ def bench_evaluation(name: str, s: Settings, buffer: ReplayBuffer) -> dict[str, 
 def bench_batched_seeds(
     s: Settings, buffer: ReplayBuffer, notes: list[str], name: str = "diffusion_ql"
 ) -> dict | None:
-    """Wall time of one step of S seeds as one model over one step of one seed: Diffusion-QL's
-    own seed dimension, every other algorithm through the generic stack (dql.batched_seeds)."""
+    """Wall time of one step of S seeds as one model (dql.batched_seeds' stack) over one step
+    of one seed."""
     from dql.batched_seeds import batched_agent, supports_batched_seeds
 
     agent_cls = agent_class(importlib.import_module(ALGORITHMS[name]))

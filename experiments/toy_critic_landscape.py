@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from dql.diffusion_ql import TwinCritic
+from dql.diffusion_ql import twin_critic
 from dql.nets import make_optimizer
 
 TOY = Path(__file__).resolve().parent / "toy_bandit.py"
@@ -33,7 +33,7 @@ def main() -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     data, generator = toy.make_dataset(), torch.Generator().manual_seed(0)
-    critic = TwinCritic(toy.STATE_DIM, toy.ACTION_DIM, 128)
+    critic = twin_critic(toy.STATE_DIM, toy.ACTION_DIM, (128,) * 3)
     optimizer = make_optimizer(critic.parameters(), 3e-4)
     grid = torch.linspace(-1, 1, 41)
     points = torch.cartesian_prod(grid, grid)

@@ -101,7 +101,7 @@ class FixedCandidates(nn.Module):
         super().__init__()
         self.actions = actions
 
-    def sample(self, state: torch.Tensor) -> torch.Tensor:
+    def sample(self, state: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         return self.actions[torch.arange(state.shape[0]) % len(self.actions)]
 
 
@@ -180,7 +180,7 @@ def test_approx_q_gradient_is_edps_one_step_reconstruction() -> None:
     T + 1), with the same gradients as that loss written out by hand."""
     torch.manual_seed(0)
     agent = DiffusionQL(OBS_DIM, ACT_DIM, 1.0, small_config(q_gradient="approx", eta=2.0))
-    batch = {k: v[None] for k, v in random_batch(32).items()}
+    batch = random_batch(32)
     noise = agent.draw_noise(32)
     assert noise["actor_chain"] is None  # approx draws no chain noise
     calls = []
@@ -197,12 +197,12 @@ def test_approx_q_gradient_is_edps_one_step_reconstruction() -> None:
     noisy = abar.sqrt() * action + (1 - abar).sqrt() * eps
     eps_hat = agent.actor.denoiser(noisy, i, state)
     a0_hat = ((noisy - (1 - abar).sqrt() * eps_hat) / abar.sqrt()).clamp(-1.0, 1.0)
-    q = agent.critic(state, a0_hat)  # (1, 2, B)
-    k = int(noise["critic_pick"][0])
-    q_loss = -q[0, k].mean() / q[0, 1 - k].abs().mean().detach()
+    q = agent.critic(state, a0_hat)  # (2, B)
+    k = int(noise["critic_pick"])
+    q_loss = -q[k].mean() / q[1 - k].abs().mean().detach()
     expected = (eps_hat - eps).square().mean() + 2.0 * q_loss
-    torch.testing.assert_close(loss[0], expected)
-    torch.testing.assert_close(metrics["q_loss"][0], q_loss.detach())
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(metrics["q_loss"], q_loss.detach())
     for got, want in zip(grads, torch.autograd.grad(expected, list(agent.actor.parameters()))):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 

@@ -42,9 +42,10 @@ def twins(max_action: float = 1.0) -> tuple[DiffusionQL, EagerDiffusionQL]:
     eager = EagerDiffusionQL(OBS, ACT, max_action, hidden=32)
     with torch.no_grad():
         for theirs, mine in [(eager.actor, ours.actor), (eager.ema_model, ours.ema_actor)]:
-            pairs = zip(ensembles(mine.denoiser), linears(theirs.model), strict=True)
-            for ensemble, linear in pairs:
-                copy_linear(ensemble, 0, linear)
+            for mine_linear, linear in zip(
+                linears(mine.denoiser), linears(theirs.model), strict=True
+            ):
+                linear.load_state_dict(mine_linear.state_dict())
         for theirs, mine in [
             (eager.critic, ours.critic),
             (eager.critic_target, ours.critic_target),
@@ -118,9 +119,9 @@ def test_critic_and_q_loss_agree():
         torch.testing.assert_close(ours.critic(s, a), torch.stack([q1[:, 0], q2[:, 0]]))
         # L_q as the public code writes it, maximising Q_1 scaled by |Q_2| (the coin's one side)
         expected = -q1.mean() / q2.abs().mean()
-        pick = torch.zeros(1, dtype=torch.long)
-        got = -ours.critic.one(s[None], a[None], pick).mean() / (
-            ours.critic.one(s[None], a[None], 1 - pick).abs().mean()
+        pick = torch.tensor(0)
+        got = -ours.critic.member(pick, s, a).mean() / (
+            ours.critic.member(1 - pick, s, a).abs().mean()
         )
         torch.testing.assert_close(got, expected)
         y = torch.randn(ROWS)

@@ -19,11 +19,18 @@ import pytest
 import torch
 
 from dql import diffusion_ql
-from dql.batched_seeds import run_batched, supports_batched_seeds, train_batched_seeds
+from dql.batched_seeds import (
+    SeedStack,
+    run_batched,
+    supports_batched_seeds,
+    train_batched_seeds,
+)
+from dql.checkpoint import SEED_BATCH_KEYS
 from dql.diffusion_ql import COMPILE_MIN_STEPS, DiffusionQL, DiffusionQLConfig
 from dql.errors import ConfigError
 from dql.nets import CriticEnsemble, make_optimizer
 from dql.registry import agent_class
+from dql.training import seed_everything
 
 OBS_DIM, ACT_DIM = 4, 2
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,18 +82,24 @@ def assert_close_state(a: dict, b: dict, atol: float = 1e-5) -> None:
 # --------------------------------------------------------------------------- batched seeds
 
 
+def dql_stack(config: DiffusionQLConfig, seeds: list[int]) -> SeedStack:
+    return SeedStack(DiffusionQL, (OBS_DIM, ACT_DIM, 1.0), config, seeds)
+
+
 @pytest.mark.parametrize(
     "max_q_backup, q_gradient", [(False, "chain"), (True, "chain"), (False, "approx")]
 )
 def test_batched_seed_k_is_a_normal_run_seeded_k(max_q_backup: bool, q_gradient: str) -> None:
-    """Same initial weights, and over several steps the same losses, gradient norms, weights
-    and Adam moments as a normal agent created after torch.manual_seed(k) and fed k's batches."""
+    """Diffusion-QL draws every random number of a step first (`per_seed_noise`), so a batched
+    seed k draws the noise of a normal run seeded k: same initial weights, and over several
+    steps the same losses, per-seed clipped gradient norms, weights and Adam moments as a normal
+    agent built after seed_everything(k) and fed k's batches."""
     config = small_config(max_q_backup=max_q_backup, num_backup_actions=3, q_gradient=q_gradient)
     seeds = [3, 7, 11]
-    batched = DiffusionQL(OBS_DIM, ACT_DIM, 1.0, config, seeds=seeds)
+    batched = dql_stack(config, seeds)
     singles, rng_states = [], []
     for seed in seeds:  # a normal run draws init and noise from the global RNG seeded by the loop
-        torch.manual_seed(seed)
+        seed_everything(seed)
         singles.append(DiffusionQL(OBS_DIM, ACT_DIM, 1.0, config))
         rng_states.append(torch.get_rng_state())
     for k, single in enumerate(singles):
@@ -118,7 +131,7 @@ def test_batched_seed_k_is_a_normal_run_seeded_k(max_q_backup: bool, q_gradient:
 def test_batched_seeds_are_independent() -> None:
     """Another batch for seed 1 changes seed 1's update and nothing of seeds 0 and 2."""
     config = small_config()
-    base, other = (DiffusionQL(OBS_DIM, ACT_DIM, 1.0, config, seeds=[0, 1, 2]) for _ in range(2))
+    base, other = (dql_stack(config, [0, 1, 2]) for _ in range(2))
     batches = [random_batch(k) for k in range(3)]
     changed = list(batches)
     changed[1] = random_batch(99)
@@ -134,7 +147,7 @@ def test_batched_seeds_are_independent() -> None:
 
 def test_seed_state_dict_round_trips_into_normal_and_batched_agents() -> None:
     config = small_config()
-    batched = DiffusionQL(OBS_DIM, ACT_DIM, 1.0, config, seeds=[5, 6])
+    batched = dql_stack(config, [5, 6])
     for step in range(3):
         batched.update(stacked([random_batch(2 * step), random_batch(2 * step + 1)]))
     # seed 6 as a normal agent: the same weights act the same
@@ -145,8 +158,9 @@ def test_seed_state_dict_round_trips_into_normal_and_batched_agents() -> None:
     snapshot = DiffusionQL(OBS_DIM, ACT_DIM, 1.0, config)
     snapshot.load_state_dict(batched.seed_state_dict(1))
     np.testing.assert_array_equal(single.act(obs, g1), snapshot.act(obs, g2))
-    # both seeds into a fresh batched agent (a resumed batch): the next step is identical
-    resumed = DiffusionQL(OBS_DIM, ACT_DIM, 1.0, config, seeds=[0, 0])
+    # both seeds into a fresh batched agent (a resumed batch): the next step, noise included,
+    # is identical
+    resumed = dql_stack(config, [0, 1])
     assert_resumed_step_equal(batched, resumed, stacked([random_batch(50), random_batch(51)]))
 
 
@@ -202,7 +216,7 @@ def assert_states_close(a: Any, b: Any, path: str = "", **tol: float) -> None:
         torch.testing.assert_close(a, b, msg=path, **tol)
     elif isinstance(a, dict):
         for key in a:
-            if key != "seed_stack_rng":
+            if key not in SEED_BATCH_KEYS:
                 assert_states_close(a[key], b[key], f"{path}.{key}", **tol)
     elif isinstance(a, (list, tuple)):
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
@@ -432,6 +446,20 @@ def test_inductor_step_matches_eager(case: str) -> None:
         assert_close_state(compiled.state_dict(), eager.state_dict())
     for (name, before), after in zip(initial.items(), compiled.actor.parameters()):
         assert not torch.equal(before, after), f"compiled actor weight {name} did not train"
+
+
+@pytest.mark.slow
+def test_compiled_batched_seeds_match_eager_batched_seeds() -> None:
+    """torch.compile over the stack's vmapped losses (batched seeds with --compile) gives the
+    eager stack's numbers."""
+    config = small_config(steps=COMPILE_MIN_STEPS, n_timesteps=3)
+    eager, compiled = dql_stack(replace(config, compile=False), [0, 1]), dql_stack(config, [0, 1])
+    assert compiled.agent.compiled and not eager.agent.compiled
+    for step in range(2):
+        batch = stacked([random_batch(step), random_batch(50 + step)])
+        expected, got = eager.update(batch), compiled.update(batch)
+        for name in expected:
+            torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_bf16_losses_track_fp32() -> None:

@@ -46,10 +46,10 @@ def test_dataset_is_the_papers_four_gaussians(toy, data) -> None:
 
 @pytest.mark.slow
 def test_diffusion_bc_keeps_every_mode_where_gaussian_bc_smears(toy, data) -> None:
-    short = toy.ToySettings(steps=1000, lr=3e-3, batch_size=256, **SHORT)
+    short = toy.ToySettings(steps=2000, lr=3e-3, batch_size=256, **SHORT)
     diffusion = toy.mode_shares(toy.train_diffusion(data, 0.0, short))
     gaussian = toy.mode_shares(toy.train_gaussian_bc(data, dataclasses.replace(short, steps=300)))
-    assert diffusion.min() >= 0.05, diffusion  # ~8% each within 0.1 after 1000 steps
+    assert diffusion.min() >= 0.05, diffusion  # 15-23% each within 0.1 after 2000 steps
     assert gaussian.max() < 0.02, gaussian  # ~0.3%: a Gaussian's mass sits between the modes
 
 
