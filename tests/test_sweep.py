@@ -64,16 +64,21 @@ def write_sweep(path: Path, dataset: str, body: str, **fields: object) -> Path:
     return path
 
 
+# Long enough that a run is still training when the signal reaches it: on a fast CPU BC's 3000
+# pendulum steps ended before a SIGTERM to the Ray driver had reached the task.
+LONG_STEPS = 20_000
+
+
 def write_long_sweep(tmp_path: Path, dataset: str, algorithm: str) -> Path:
-    """One seed of `algorithm`, 3000 steps, a checkpoint every 50: long enough to kill mid-run."""
+    """One seed of `algorithm`, LONG_STEPS steps, a checkpoint every 50: to kill mid-run."""
     return write_sweep(
         tmp_path / "long.toml",
         dataset,
         "",
         algorithms=[algorithm],
         seeds=[0],
-        steps=3000,
-        eval_interval=3000,
+        steps=LONG_STEPS,
+        eval_interval=LONG_STEPS,
         log_interval=50,
         checkpoint_interval=50,
     )
@@ -304,13 +309,13 @@ def test_killed_worker_run_resumes_from_its_checkpoint(
     assert outcome["status"] == "interrupted" and "SIGKILL" in outcome["error"]
     assert not (run_dir / "result.json").exists()
     killed_at = max(json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open())
-    assert 0 < killed_at < 3000
+    assert 0 < killed_at < LONG_STEPS
 
     report = run_sweep(sweep, out, workers=1, echo=lambda *a: None)
     assert report.runs["tiny_a/pendulum-mixed/seed_0"]["status"] == "complete"
     assert trained(counter) == ["tiny_a/seed_0", "tiny_a/seed_0"]
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
-    assert steps == list(range(50, 3001, 50))  # continued, no step logged twice
+    assert steps == list(range(50, LONG_STEPS + 1, 50))  # continued, no step logged twice
     assert len(list((run_dir / "tb").glob("events.*"))) == 2  # a second writer: it resumed
 
 
@@ -445,10 +450,10 @@ def test_a_ray_worker_killed_mid_run_resumes_from_its_checkpoint(
         finally:
             driver.kill()
     assert driver.returncode == 0, output[-3000:]
-    assert 0 < killed_at < 3000
-    assert json.loads((run_dir / "result.json").read_text())["steps"] == 3000
+    assert 0 < killed_at < LONG_STEPS
+    assert json.loads((run_dir / "result.json").read_text())["steps"] == LONG_STEPS
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
-    assert steps == list(range(50, 3001, 50))  # continued, no step logged twice
+    assert steps == list(range(50, LONG_STEPS + 1, 50))  # continued, no step logged twice
     assert len(list((run_dir / "tb").glob("events.*"))) == 2  # a second writer: it resumed
     status = json.loads((out / "sweep_status.json").read_text())
     assert status["runs"]["bc/pendulum-mixed/seed_0"]["status"] == "complete"
@@ -553,12 +558,12 @@ def test_a_ray_driver_interrupted_and_restarted_finishes_the_sweep(
         status = json.loads((out / "sweep_status.json").read_text())["runs"][key]
         assert status["status"] == "interrupted" and status["attempts"] == 1
         stopped_at = json.loads((run_dir / "status.json").read_text())["step"]
-        assert 0 < stopped_at < 3000
+        assert 0 < stopped_at < LONG_STEPS
         again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "1 resumed from their checkpoints" in again.stdout
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
-    assert steps == list(range(50, 3001, 50))  # continued, no step logged twice
+    assert steps == list(range(50, LONG_STEPS + 1, 50))  # continued, no step logged twice
     assert len(list((run_dir / "tb").glob("events.*"))) == 2  # a second writer: it resumed
     status = json.loads((out / "sweep_status.json").read_text())
     assert status["counts"] == {"complete": 1}
