@@ -46,7 +46,8 @@ the driver's). An address where nothing listens fails at once, naming it.
 
 Batched seeds: `plan_jobs` turns the runs into jobs, a job being the runs one worker process
 trains: one run each, or with `--batched-seeds` the seeds of one (algorithm, dataset) together
-for algorithms that train seeds as one model (Diffusion-QL; dql.batched_seeds). `run_job` hands
+for algorithms whose maths is written `@per_seed` (all but the planners, Diffuser and MPC;
+dql.batched_seeds' SeedStack). `run_job` hands
 such a group to `dql.batched_seeds.run_batched`; each seed still writes its own run directory,
 so status, resumption and tables do not change. A group takes one worker (give it
 --cpus-per-run threads); on the Ray backend it is one task.
