@@ -9,7 +9,8 @@ training is. Run it with the same environment variables on two kinds of machine 
 hashes. It trains the builder's own SB3 SAC run (`train_sac`, Hopper-v5, seed 0) and hashes the
 checkpoint it writes at the last step; measured 2026-12-04 on an AVX-512 EPYC with VP2INTERSECT,
 1,500 steps: 8309c0c2... with the two variables above (also under MKL_ENABLE_INSTRUCTIONS=SSE4_2),
-37a965dd... without.
+37a965dd... without; 3,000 steps: 9ba45b90... with, e6e605b0... without. The same four on the
+earlier AVX-512 kind (no VP2INTERSECT), 2026-12-06; not yet run on an AVX2 machine.
 """
 
 from __future__ import annotations
