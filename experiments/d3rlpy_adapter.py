@@ -42,13 +42,13 @@ def d3rlpy_algorithm(
     algorithm d3rlpy does not have). `for_acting`: BCQ samples as many actions as ours does
     to act; `preprocessing=False` leaves out the observation and reward scalers (the bench
     times update steps on data both sides take already normalised)."""
+    if name not in D3RLPY_NAMES:  # before reading config: Diffuser's has no `hidden`
+        return None
     import d3rlpy
 
     algos, factory = d3rlpy.algos, d3rlpy.models.encoders.VectorEncoderFactory
     encoder = factory(hidden_units=list(config.hidden))
     common: dict[str, Any] = dict(batch_size=config.batch_size)
-    if name not in D3RLPY_NAMES:
-        return None
     if preprocessing and config.normalize_observations:
         common["observation_scaler"] = d3rlpy.preprocessing.StandardObservationScaler()
     if not np.allclose(action_high, 1.0):  # d3rlpy's policies act in [-1, 1]: map the box
